@@ -1,1 +1,68 @@
-fn main(){}
+//! The cache on its own: a hit, an insert, and an insert that evicts.
+
+use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
+use sidecache::cache::Cache;
+use std::hint::black_box;
+use std::time::{Duration, Instant};
+
+const KEYS: usize = 10_000;
+const VALUE: &[u8] = b"$100\r\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\r\n";
+
+fn keys() -> Vec<Vec<u8>> {
+    (0..KEYS)
+        .map(|i| format!("key:{i:08}").into_bytes())
+        .collect()
+}
+
+fn full_cache(keys: &[Vec<u8>], now: Instant) -> Cache {
+    let mut cache = Cache::new(KEYS, Some(Duration::from_secs(60)));
+    for key in keys {
+        let ticket = cache.fill_ticket();
+        assert!(cache.fill(key, VALUE, ticket, now));
+    }
+    cache
+}
+
+fn bench_cache(c: &mut Criterion) {
+    let keys = keys();
+    let now = Instant::now();
+
+    let mut cache = full_cache(&keys, now);
+    let mut i = 0;
+    c.bench_function("cache hit", |b| {
+        b.iter(|| {
+            i = (i + 7919) % KEYS;
+            let hit = cache.get(black_box(&keys[i]), now);
+            assert!(hit.is_some());
+            hit
+        })
+    });
+
+    c.bench_function("cache insert (no eviction)", |b| {
+        b.iter_batched_ref(
+            || Cache::new(KEYS, None),
+            |cache| {
+                for key in &keys[..100] {
+                    let ticket = cache.fill_ticket();
+                    cache.fill(black_box(key), VALUE, ticket, now);
+                }
+            },
+            BatchSize::SmallInput,
+        )
+    });
+
+    let mut cache = full_cache(&keys, now);
+    let mut n = 0u64;
+    c.bench_function("cache insert with eviction", |b| {
+        b.iter(|| {
+            n += 1;
+            let key = format!("new:{n}");
+            let ticket = cache.fill_ticket();
+            assert!(cache.fill(key.as_bytes(), VALUE, ticket, now));
+        });
+        assert_eq!(cache.len(), KEYS);
+    });
+}
+
+criterion_group!(benches, bench_cache);
+criterion_main!(benches);

@@ -1,1 +1,336 @@
-//! backend
+//! The connection to the backing Redis that every client's forwarded
+//! requests share: connecting, backing off, the outgoing pipeline, and the
+//! in-flight FIFO that pairs each reply with the request it answers.
+//!
+//! Invariant: `in_flight` has exactly one entry per request queued on the
+//! current connection and not yet answered, in the order written, its own
+//! handshake included. On loss every entry is handed back to be failed, in
+//! order, and the queue starts empty. This module never looks inside a
+//! client and never decides what a reply means to the cache.
+
+use crate::cache::FillTicket;
+use crate::resp::{self, FrameError, ReplyFramer};
+use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// Longest wait for a TCP connect to Redis before trying again.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(2);
+const READ_CHUNK: usize = 64 * 1024;
+const KEEP_IDLE_CAPACITY: usize = 256 * 1024;
+
+/// Who is waiting for a reply, and what to do with it.
+#[derive(Debug)]
+pub enum InFlight {
+    /// A client's request: the reply goes to slot `seq` of client `id`,
+    /// which lived in slab slot `key` when the request was sent.
+    Client {
+        key: usize,
+        id: u64,
+        seq: u64,
+        /// For a GET miss: the key to fill and the ticket that allows it.
+        fill: Option<(Box<[u8]>, FillTicket)>,
+    },
+    /// sidecache's own `INFO server`, sent first on every connection.
+    Handshake,
+}
+
+/// Where the connection is. Transitions, all in this file:
+/// `Down` → `Connecting` (`connect`, when `retry_at` has passed);
+/// `Connecting` → `Ready` (`poll_connect` sees the connect finish);
+/// `Connecting | Ready` → `Down` (`lose`: a failure, a timeout, or a reply out of step).
+pub enum State {
+    /// Not connected; the next attempt is due at `retry_at`.
+    Down { retry_at: Instant },
+    /// A non-blocking connect is under way; requests queue meanwhile.
+    Connecting {
+        stream: TcpStream,
+        deadline: Instant,
+    },
+    /// Connected: queued requests are written as the socket allows.
+    Ready { stream: TcpStream },
+}
+
+pub struct Backend {
+    addr: SocketAddr,
+    token: Token,
+    pub state: State,
+    /// Requests not yet written; `sent` bytes of it have been.
+    out: Vec<u8>,
+    sent: usize,
+    /// Replies read; those before `input_start` were already delivered.
+    input: Vec<u8>,
+    input_start: usize,
+    framer: ReplyFramer,
+    in_flight: VecDeque<InFlight>,
+    backoff: Duration,
+    /// Redis's version, from the handshake; answered in HELLO.
+    pub redis_version: Option<String>,
+}
+
+/// What a connect attempt or a socket event came to.
+pub enum Progress {
+    /// Nothing changed.
+    Unchanged,
+    /// The TCP connection to Redis is up.
+    Connected,
+}
+
+impl Backend {
+    /// A backend that will connect to `addr` on the first `connect`.
+    pub fn new(addr: SocketAddr, token: Token, now: Instant) -> Self {
+        Backend {
+            addr,
+            token,
+            state: State::Down { retry_at: now },
+            out: Vec::new(),
+            sent: 0,
+            input: Vec::new(),
+            input_start: 0,
+            framer: ReplyFramer::default(),
+            in_flight: VecDeque::new(),
+            backoff: BACKOFF_MIN,
+            redis_version: None,
+        }
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Whether a request queued now will be sent (at once, or once the connect finishes).
+    pub fn accepts_requests(&self) -> bool {
+        !matches!(self.state, State::Down { .. })
+    }
+
+    /// When the loop must next call `on_timer`, if ever.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        match self.state {
+            State::Down { retry_at } => Some(retry_at),
+            State::Connecting { deadline, .. } => Some(deadline),
+            State::Ready { .. } => None,
+        }
+    }
+
+    /// Starts a non-blocking connect and queues the handshake. On failure
+    /// the backend is `Down` again with a longer backoff.
+    pub fn connect(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
+        debug_assert!(self.in_flight.is_empty());
+        let mut stream = match TcpStream::connect(self.addr) {
+            Ok(stream) => stream,
+            Err(e) => {
+                self.schedule_retry(now);
+                return Err(e);
+            }
+        };
+        if let Err(e) = registry.register(
+            &mut stream,
+            self.token,
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            self.schedule_retry(now);
+            return Err(e);
+        }
+        self.state = State::Connecting {
+            stream,
+            deadline: now + CONNECT_TIMEOUT,
+        };
+        resp::command(&mut self.out, &["INFO", "server"]);
+        self.in_flight.push_back(InFlight::Handshake);
+        Ok(())
+    }
+
+    /// While connecting: checks whether the connect finished.
+    pub fn poll_connect(&mut self) -> io::Result<Progress> {
+        let State::Connecting { stream, .. } = &mut self.state else {
+            return Ok(Progress::Unchanged);
+        };
+        if let Some(e) = stream.take_error()? {
+            return Err(e);
+        }
+        match stream.peer_addr() {
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(Progress::Unchanged),
+            Err(e) => return Err(e),
+        }
+        let _ = stream.set_nodelay(true);
+        let State::Connecting { stream, .. } = std::mem::replace(
+            &mut self.state,
+            State::Down {
+                retry_at: Instant::now(),
+            },
+        ) else {
+            unreachable!("checked above");
+        };
+        self.state = State::Ready { stream };
+        Ok(Progress::Connected)
+    }
+
+    /// The handshake was answered: the connection works, so the next loss
+    /// starts backing off from the minimum again.
+    pub fn handshake_done(&mut self, info: &[u8]) {
+        self.backoff = BACKOFF_MIN;
+        self.redis_version = info_field(info, b"redis_version:").map(|v| v.to_string());
+    }
+
+    /// Queues a request written by `write` and its in-flight entry. The
+    /// caller checks `accepts_requests` first.
+    pub fn queue(&mut self, entry: InFlight, write: impl FnOnce(&mut Vec<u8>)) {
+        debug_assert!(self.accepts_requests());
+        write(&mut self.out);
+        self.in_flight.push_back(entry);
+    }
+
+    /// Whether requests are waiting to be written.
+    pub fn has_output(&self) -> bool {
+        self.sent < self.out.len()
+    }
+
+    /// Writes queued requests until done or the socket is full.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let State::Ready { stream } = &mut self.state else {
+            return Ok(());
+        };
+        while self.sent < self.out.len() {
+            match stream.write(&self.out[self.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        self.out.clear();
+        self.sent = 0;
+        if self.out.capacity() > KEEP_IDLE_CAPACITY {
+            self.out = Vec::new();
+        }
+        Ok(())
+    }
+
+    /// Reads one chunk of replies. `Ok(false)` when the socket had nothing more.
+    pub fn read(&mut self) -> io::Result<bool> {
+        let State::Ready { stream } = &mut self.state else {
+            return Ok(false);
+        };
+        // Delivered replies are dropped once per read, not once per reply.
+        self.input.drain(..self.input_start);
+        self.input_start = 0;
+        let filled = self.input.len();
+        self.input.resize(filled + READ_CHUNK, 0);
+        let result = stream.read(&mut self.input[filled..]);
+        self.input.truncate(filled + *result.as_ref().unwrap_or(&0));
+        match result {
+            Ok(0) => Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "Redis closed the connection",
+            )),
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The next complete reply with the request it answers, if one has
+    /// arrived. The reply's bytes are `self.reply(len)`; call `consume(len)`
+    /// after use. An error means the stream is out of step: `lose` it.
+    pub fn next_reply(&mut self) -> Result<Option<(InFlight, usize)>, Desync> {
+        let pending = &self.input[self.input_start..];
+        let Some(len) = self.framer.frame(pending).map_err(Desync::Malformed)? else {
+            return Ok(None);
+        };
+        match self.in_flight.pop_front() {
+            Some(entry) => Ok(Some((entry, len))),
+            None => Err(Desync::Unrequested),
+        }
+    }
+
+    /// The first `len` bytes of what was read: the reply `next_reply` found.
+    pub fn reply(&self, len: usize) -> &[u8] {
+        &self.input[self.input_start..self.input_start + len]
+    }
+
+    pub fn consume(&mut self, len: usize) {
+        self.input_start += len;
+        if self.input_start == self.input.len() {
+            self.input.clear();
+            self.input_start = 0;
+            if self.input.capacity() > KEEP_IDLE_CAPACITY {
+                self.input = Vec::new();
+            }
+        }
+    }
+
+    /// Drops the connection and schedules the next attempt. Returns every
+    /// request that was waiting for a reply, in order, so each can be failed.
+    pub fn lose(&mut self, registry: &Registry, now: Instant) -> VecDeque<InFlight> {
+        match &mut self.state {
+            State::Connecting { stream, .. } | State::Ready { stream } => {
+                let _ = registry.deregister(stream);
+            }
+            State::Down { .. } => {}
+        }
+        self.schedule_retry(now);
+        self.out.clear();
+        self.sent = 0;
+        self.input.clear();
+        self.input_start = 0;
+        self.framer = ReplyFramer::default();
+        std::mem::take(&mut self.in_flight)
+    }
+
+    fn schedule_retry(&mut self, now: Instant) {
+        self.state = State::Down {
+            retry_at: now + self.backoff,
+        };
+        self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Number of requests waiting for a reply.
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.len()
+    }
+}
+
+/// The reply stream cannot be trusted any more.
+#[derive(Debug)]
+pub enum Desync {
+    Malformed(FrameError),
+    /// A reply arrived with no request waiting for it.
+    Unrequested,
+}
+
+impl std::fmt::Display for Desync {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Desync::Malformed(e) => e.fmt(f),
+            Desync::Unrequested => f.write_str("a reply from Redis that nobody asked for"),
+        }
+    }
+}
+
+/// The value of `field` (such as `redis_version:`) in an INFO reply.
+fn info_field<'a>(info: &'a [u8], field: &[u8]) -> Option<&'a str> {
+    info.split(|&b| b == b'\n')
+        .find_map(|line| line.strip_prefix(field))
+        .and_then(|v| std::str::from_utf8(v).ok())
+        .map(|v| v.trim_end_matches('\r'))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::info_field;
+
+    #[test]
+    fn finds_the_version_in_info() {
+        let info = b"$60\r\n# Server\r\nredis_version:7.0.15\r\nredis_git_sha1:00000000\r\n\r\n";
+        assert_eq!(info_field(info, b"redis_version:"), Some("7.0.15"));
+        assert_eq!(info_field(info, b"nope:"), None);
+    }
+}

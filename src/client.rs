@@ -1,1 +1,293 @@
-//! client
+//! One client connection: its unparsed input, its reply slots in request
+//! order, its output, and what it told us about itself (name, library).
+//!
+//! A reply may become ready out of order (a cache hit behind a miss still
+//! waiting on Redis); it waits in its slot until every earlier reply has
+//! gone out. This module never decides what a request means and never
+//! talks to Redis; the server does both.
+
+use crate::resp::{ProtocolError, Request, RequestParser};
+use mio::net::TcpStream;
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::rc::Rc;
+
+/// How many requests a client may have unanswered before sidecache stops
+/// reading from it, so one client cannot swamp the shared pipeline.
+pub const MAX_PENDING_REPLIES: usize = 1024;
+/// Output waiting to be written past which sidecache stops reading from the client.
+pub const OUTPUT_HIGH_WATER: usize = 1 << 20;
+/// Bytes asked of the kernel per read.
+const READ_CHUNK: usize = 16 * 1024;
+/// An idle buffer larger than this is given back to the allocator.
+const KEEP_IDLE_CAPACITY: usize = 64 * 1024;
+
+/// Where a connection is in its life. Every transition is in `server`:
+/// `Open` → `Draining` on QUIT, a protocol error, end of input or shutdown;
+/// `Open | Draining` → `Closed` once nothing is owed, or at once on a socket
+/// error; a `Closed` client is removed from the slab at the end of the turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    /// Reading requests and sending replies.
+    Open,
+    /// No more requests are read; the connection closes once every owed reply is sent.
+    Draining,
+    /// Deregistered; waits for the end of the turn to leave the slab, so
+    /// that a later event in the same batch never finds a reused slot.
+    Closed,
+}
+
+pub struct Client {
+    pub stream: TcpStream,
+    /// Unique for the life of the process, so it doubles as the generation
+    /// that tells a reused slab slot from the client that held it before.
+    pub id: u64,
+    pub phase: Phase,
+    pub input: Input,
+    pub replies: Replies,
+    /// Readable readiness seen and not yet used up (edge-triggered: cleared
+    /// only on WouldBlock), kept while reading is paused at a limit.
+    pub readable: bool,
+    /// Already in the server's list of clients with output to write.
+    pub flush_queued: bool,
+    pub name: Option<Box<[u8]>>,
+    pub lib_name: Option<Box<[u8]>>,
+    pub lib_ver: Option<Box<[u8]>>,
+}
+
+impl Client {
+    pub fn new(stream: TcpStream, id: u64) -> Self {
+        Client {
+            stream,
+            id,
+            phase: Phase::Open,
+            input: Input::default(),
+            replies: Replies::default(),
+            readable: false,
+            flush_queued: false,
+            name: None,
+            lib_name: None,
+            lib_ver: None,
+        }
+    }
+
+    /// Whether the client is below its limits and may have more requests read.
+    pub fn can_take_more(&self) -> bool {
+        self.phase == Phase::Open
+            && self.replies.slots.len() < MAX_PENDING_REPLIES
+            && self.replies.unsent() < OUTPUT_HIGH_WATER
+    }
+
+    /// Whether the connection has nothing more to do and can be closed.
+    pub fn is_done(&self) -> bool {
+        self.phase == Phase::Draining && self.replies.slots.is_empty() && self.replies.unsent() == 0
+    }
+
+    /// Reads one chunk from the socket.
+    pub fn read(&mut self) -> ReadOutcome {
+        match self.input.read_from(&mut self.stream) {
+            Ok(0) => ReadOutcome::Eof,
+            Ok(_) => ReadOutcome::Data,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                self.readable = false;
+                ReadOutcome::Drained
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => ReadOutcome::Data,
+            Err(e) => ReadOutcome::Failed(e),
+        }
+    }
+
+    /// Writes owed output until done or the socket is full.
+    pub fn flush(&mut self) -> io::Result<()> {
+        let replies = &mut self.replies;
+        while replies.sent < replies.output.len() {
+            match self.stream.write(&replies.output[replies.sent..]) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => replies.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        replies.output.clear();
+        replies.sent = 0;
+        if replies.output.capacity() > KEEP_IDLE_CAPACITY {
+            replies.output = Vec::new();
+        }
+        Ok(())
+    }
+}
+
+pub enum ReadOutcome {
+    /// Bytes were read (or the read was interrupted); the socket may hold more.
+    Data,
+    /// The socket had nothing more.
+    Drained,
+    /// The client closed its sending side.
+    Eof,
+    Failed(io::Error),
+}
+
+/// Bytes read from the client and not yet consumed by the parser.
+#[derive(Default)]
+pub struct Input {
+    buf: Vec<u8>,
+    /// Start of the first request not yet parsed completely.
+    start: usize,
+    parser: RequestParser,
+}
+
+impl Input {
+    /// The unparsed input; a request the parser returns is relative to it.
+    pub fn pending(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+
+    /// Parses the next request from the unparsed input.
+    pub fn next_request(&mut self) -> Result<Option<Request>, ProtocolError> {
+        self.parser.parse(&self.buf[self.start..])
+    }
+
+    /// Drops `n` bytes of parsed requests from the front.
+    pub fn consume(&mut self, n: usize) {
+        self.start += n;
+        if self.start == self.buf.len() {
+            self.buf.clear();
+            self.start = 0;
+            if self.buf.capacity() > KEEP_IDLE_CAPACITY {
+                self.buf = Vec::new();
+            }
+        }
+    }
+
+    fn read_from(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+        // Move the partial request to the front before growing, so a
+        // long-lived connection does not creep forward through memory.
+        if self.start > 0 && self.buf.capacity() - self.buf.len() < READ_CHUNK {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        let filled = self.buf.len();
+        self.buf.resize(filled + READ_CHUNK, 0);
+        let result = stream.read(&mut self.buf[filled..]);
+        self.buf.truncate(filled + *result.as_ref().unwrap_or(&0));
+        result
+    }
+}
+
+/// Replies owed to the client, in request order, and the output being written.
+#[derive(Default)]
+pub struct Replies {
+    /// One per request still waiting for an earlier reply or for its own.
+    slots: VecDeque<Slot>,
+    /// Sequence number of the slot at the front of `slots`.
+    first_seq: u64,
+    output: Vec<u8>,
+    sent: usize,
+}
+
+enum Slot {
+    Waiting,
+    Ready(Vec<u8>),
+    Shared(Rc<[u8]>),
+}
+
+impl Replies {
+    /// Reserves the next slot for a reply that will come later; returns its sequence number.
+    pub fn reserve(&mut self) -> u64 {
+        self.slots.push_back(Slot::Waiting);
+        self.first_seq + self.slots.len() as u64 - 1
+    }
+
+    /// Queues a reply that is ready now, behind every earlier one.
+    pub fn push(&mut self, reply: &[u8]) {
+        if self.slots.is_empty() {
+            self.output.extend_from_slice(reply);
+        } else {
+            self.slots.push_back(Slot::Ready(reply.to_vec()));
+        }
+    }
+
+    /// Like `push`, for a reply shared with the cache.
+    pub fn push_shared(&mut self, reply: Rc<[u8]>) {
+        if self.slots.is_empty() {
+            self.output.extend_from_slice(&reply);
+        } else {
+            self.slots.push_back(Slot::Shared(reply));
+        }
+    }
+
+    /// Fills the slot `seq` reserved, then moves every ready reply at the front to the output.
+    pub fn fill(&mut self, seq: u64, reply: &[u8]) {
+        let Some(index) = seq.checked_sub(self.first_seq) else {
+            debug_assert!(false, "slot {seq} was filled twice");
+            return;
+        };
+        let index = index as usize;
+        if index == 0 {
+            self.output.extend_from_slice(reply);
+            self.slots.pop_front();
+            self.first_seq += 1;
+            self.release_ready();
+        } else if let Some(slot) = self.slots.get_mut(index) {
+            debug_assert!(matches!(slot, Slot::Waiting));
+            *slot = Slot::Ready(reply.to_vec());
+        }
+    }
+
+    fn release_ready(&mut self) {
+        while let Some(slot) = self.slots.front() {
+            match slot {
+                Slot::Waiting => break,
+                Slot::Ready(bytes) => self.output.extend_from_slice(bytes),
+                Slot::Shared(bytes) => self.output.extend_from_slice(bytes),
+            }
+            self.slots.pop_front();
+            self.first_seq += 1;
+        }
+    }
+
+    /// Number of replies not yet moved to the output.
+    pub fn owed(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Bytes in the output not yet written to the socket.
+    pub fn unsent(&self) -> usize {
+        self.output.len() - self.sent
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replies_leave_in_request_order() {
+        let mut r = Replies::default();
+        let miss1 = r.reserve();
+        r.push(b"+hit1\r\n");
+        let miss2 = r.reserve();
+        r.push_shared(Rc::from(&b"+hit2\r\n"[..]));
+        assert_eq!(r.unsent(), 0, "nothing may overtake the first miss");
+        r.fill(miss2, b"+miss2\r\n");
+        assert_eq!(r.unsent(), 0);
+        r.fill(miss1, b"+miss1\r\n");
+        assert_eq!(r.output, b"+miss1\r\n+hit1\r\n+miss2\r\n+hit2\r\n");
+        assert_eq!(r.owed(), 0);
+        r.push(b"+now\r\n");
+        assert!(r.output.ends_with(b"+now\r\n"));
+    }
+
+    #[test]
+    fn sequence_numbers_keep_counting_across_drains() {
+        let mut r = Replies::default();
+        for round in 0..3u8 {
+            let a = r.reserve();
+            let b = r.reserve();
+            r.fill(b, &[b'b', round]);
+            r.fill(a, &[b'a', round]);
+        }
+        assert_eq!(r.output, b"a\0b\0a\x01b\x01a\x02b\x02");
+    }
+}

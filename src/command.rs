@@ -1,1 +1,389 @@
-//! command
+//! The command policy: what sidecache does with each request.
+//!
+//! A request is cached (GET), answered here (PING, HELLO, CLIENT SETNAME…),
+//! refused with an error because it would change or stall the backend
+//! connection that every client shares, or forwarded unchanged. Pure: it
+//! looks at argument bytes only and never touches a socket or the cache.
+//! The README's command table mirrors this file.
+
+/// What to do with one request. Positions refer to the request's arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// `GET key`: serve from the cache, or forward and fill the cache.
+    Get,
+    /// Send to Redis unchanged.
+    Forward,
+    /// `PING` (+PONG) or `PING message` (the message as a bulk).
+    Ping,
+    /// `ECHO message`.
+    Echo,
+    /// `QUIT`: +OK, then close once every owed reply is sent.
+    Quit,
+    /// `SELECT 0`: the only database served.
+    SelectZero,
+    /// `HELLO [2] [SETNAME name]`: answer in RESP2; `setname` is the name's position.
+    Hello { setname: Option<usize> },
+    /// `CLIENT SETNAME name`.
+    ClientSetName,
+    /// `CLIENT GETNAME`.
+    ClientGetName,
+    /// `CLIENT SETINFO LIB-NAME|LIB-VER value`.
+    ClientSetInfo(LibAttr),
+    /// `CLIENT ID`.
+    ClientId,
+    /// Answer with this error (without the leading `-`), connection kept.
+    Error(String),
+}
+
+/// The attributes `CLIENT SETINFO` records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LibAttr {
+    Name,
+    Version,
+}
+
+/// Decides what to do with a request of `argc` arguments (`argc >= 1`),
+/// `arg(i)` being argument `i`, the command name first.
+pub fn classify<'a>(argc: usize, arg: impl Fn(usize) -> &'a [u8]) -> Action {
+    let mut upper = [0u8; 16];
+    let Some(name) = uppercase(arg(0), &mut upper) else {
+        return Action::Forward;
+    };
+    let arity_error = || wrong_arity(&String::from_utf8_lossy(arg(0)).to_ascii_lowercase());
+    match name {
+        b"GET" if argc == 2 => Action::Get,
+        b"PING" if argc <= 2 => Action::Ping,
+        b"ECHO" if argc == 2 => Action::Echo,
+        b"SELECT" if argc == 2 => select(arg(1)),
+        b"PING" | b"ECHO" | b"SELECT" => arity_error(),
+        b"QUIT" => Action::Quit,
+        b"HELLO" => hello(argc, &arg),
+        b"CLIENT" => client(argc, &arg),
+        b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
+            refuse(arg(0), "transactions need a connection of their own")
+        }
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
+        | b"SUNSUBSCRIBE" => refuse(arg(0), "pub/sub needs a connection of its own"),
+        b"MONITOR" => refuse(arg(0), "it would take over the shared connection to Redis"),
+        b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
+        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => refuse(arg(0), BLOCKING),
+        b"XREAD" | b"XREADGROUP" if has_block_option(argc, &arg) => refuse(arg(0), BLOCKING),
+        b"AUTH" => refuse(arg(0), "authentication is not supported yet"),
+        b"RESET" => refuse(
+            arg(0),
+            "it would reset the connection to Redis that all clients share",
+        ),
+        b"SYNC" | b"PSYNC" | b"REPLCONF" => refuse(arg(0), "replication is not proxied"),
+        _ => Action::Forward,
+    }
+}
+
+const BLOCKING: &str = "a blocking command would stall every client on the shared connection";
+
+/// `name` uppercased into `buf`, or `None` when longer than any name we act on.
+fn uppercase<'b>(name: &[u8], buf: &'b mut [u8; 16]) -> Option<&'b [u8]> {
+    let out = buf.get_mut(..name.len())?;
+    for (o, c) in out.iter_mut().zip(name) {
+        *o = c.to_ascii_uppercase();
+    }
+    Some(out)
+}
+
+fn wrong_arity(name: &str) -> Action {
+    Action::Error(format!(
+        "ERR wrong number of arguments for '{name}' command"
+    ))
+}
+
+fn refuse(name: &[u8], reason: &str) -> Action {
+    let name = String::from_utf8_lossy(name).to_ascii_lowercase();
+    Action::Error(format!(
+        "ERR '{name}' is not supported by sidecache: {reason}"
+    ))
+}
+
+fn select(db: &[u8]) -> Action {
+    match std::str::from_utf8(db)
+        .ok()
+        .and_then(|s| s.parse::<i64>().ok())
+    {
+        None => Action::Error("ERR value is not an integer or out of range".into()),
+        Some(0) => Action::SelectZero,
+        Some(_) => refuse(
+            b"select",
+            "only database 0 is served (all clients share one connection to Redis)",
+        ),
+    }
+}
+
+fn hello<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
+    if argc >= 2 {
+        let version = std::str::from_utf8(arg(1))
+            .ok()
+            .and_then(|s| s.parse::<i64>().ok());
+        match version {
+            None => {
+                return Action::Error(
+                    "ERR Protocol version is not an integer or out of range".into(),
+                )
+            }
+            Some(2) => {}
+            Some(3) => {
+                return Action::Error(
+                    "NOPROTO sidecache speaks RESP2 only for now; connect with protocol 2 \
+                     (redis-py: protocol=2)"
+                        .into(),
+                )
+            }
+            Some(_) => return Action::Error("NOPROTO unsupported protocol version".into()),
+        }
+    }
+    let mut setname = None;
+    let mut i = 2;
+    while i < argc {
+        let option = arg(i).to_ascii_uppercase();
+        let remaining = argc - i - 1;
+        match option.as_slice() {
+            b"AUTH" if remaining >= 2 => {
+                return refuse(b"hello auth", "authentication is not supported yet")
+            }
+            b"SETNAME" if remaining >= 1 => {
+                if let Some(error) = invalid_name(arg(i + 1), "Client names") {
+                    return error;
+                }
+                setname = Some(i + 1);
+                i += 2;
+            }
+            _ => {
+                return Action::Error(format!(
+                    "ERR Syntax error in HELLO option '{}'",
+                    String::from_utf8_lossy(arg(i))
+                ))
+            }
+        }
+    }
+    Action::Hello { setname }
+}
+
+fn client<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
+    if argc < 2 {
+        return wrong_arity("client");
+    }
+    let sub = arg(1).to_ascii_uppercase();
+    let expected_argc = match sub.as_slice() {
+        b"SETNAME" => 3,
+        b"GETNAME" | b"ID" => 2,
+        b"SETINFO" => 4,
+        _ => {
+            let name = [b"client ", arg(1)].concat();
+            return refuse(
+                &name,
+                "it would act on the connection to Redis that all clients share",
+            );
+        }
+    };
+    if argc != expected_argc {
+        let sub = String::from_utf8_lossy(&sub).to_ascii_lowercase();
+        return wrong_arity(&format!("client|{sub}"));
+    }
+    match sub.as_slice() {
+        b"SETNAME" => invalid_name(arg(2), "Client names").unwrap_or(Action::ClientSetName),
+        b"GETNAME" => Action::ClientGetName,
+        b"ID" => Action::ClientId,
+        _ => setinfo(arg(2), arg(3)),
+    }
+}
+
+fn setinfo(attr: &[u8], value: &[u8]) -> Action {
+    let attr_upper = attr.to_ascii_uppercase();
+    let (attr, what) = match attr_upper.as_slice() {
+        b"LIB-NAME" => (LibAttr::Name, "lib-name"),
+        b"LIB-VER" => (LibAttr::Version, "lib-ver"),
+        _ => {
+            return Action::Error(format!(
+                "ERR Unrecognized option '{}'",
+                String::from_utf8_lossy(attr)
+            ))
+        }
+    };
+    invalid_name(value, what).unwrap_or(Action::ClientSetInfo(attr))
+}
+
+/// Redis allows only printable ASCII without spaces in client names and library info.
+fn invalid_name(value: &[u8], what: &str) -> Option<Action> {
+    value.iter().any(|&c| !(b'!'..=b'~').contains(&c)).then(|| {
+        Action::Error(format!(
+            "ERR {what} cannot contain spaces, newlines or special characters."
+        ))
+    })
+}
+
+/// XREAD and XREADGROUP block only with a BLOCK option, which comes before STREAMS.
+fn has_block_option<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> bool {
+    (1..argc)
+        .map(arg)
+        .take_while(|a| !a.eq_ignore_ascii_case(b"STREAMS"))
+        .any(|a| a.eq_ignore_ascii_case(b"BLOCK"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn of(line: &str) -> Action {
+        let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
+        classify(args.len(), |i| args[i])
+    }
+
+    fn error_of(line: &str) -> String {
+        match of(line) {
+            Action::Error(e) => e,
+            other => panic!("{line:?} should be an error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn get_is_cached_in_any_case() {
+        assert_eq!(of("GET k"), Action::Get);
+        assert_eq!(of("get k"), Action::Get);
+        assert_eq!(of("gEt k"), Action::Get);
+        // Redis answers the arity error itself.
+        assert_eq!(of("GET"), Action::Forward);
+        assert_eq!(of("GET a b"), Action::Forward);
+    }
+
+    #[test]
+    fn local_commands() {
+        assert_eq!(of("PING"), Action::Ping);
+        assert_eq!(of("ping hello"), Action::Ping);
+        assert_eq!(
+            error_of("PING a b"),
+            "ERR wrong number of arguments for 'ping' command"
+        );
+        assert_eq!(of("ECHO x"), Action::Echo);
+        assert_eq!(of("QUIT"), Action::Quit);
+        assert_eq!(of("SELECT 0"), Action::SelectZero);
+        assert_eq!(of("HELLO"), Action::Hello { setname: None });
+        assert_eq!(of("HELLO 2"), Action::Hello { setname: None });
+        assert_eq!(of("HELLO 2 SETNAME me"), Action::Hello { setname: Some(3) });
+        assert_eq!(of("CLIENT SETNAME me"), Action::ClientSetName);
+        assert_eq!(of("client getname"), Action::ClientGetName);
+        assert_eq!(of("CLIENT ID"), Action::ClientId);
+        assert_eq!(
+            of("CLIENT SETINFO lib-name redis-py"),
+            Action::ClientSetInfo(LibAttr::Name)
+        );
+        assert_eq!(
+            of("CLIENT SETINFO LIB-VER 8.1"),
+            Action::ClientSetInfo(LibAttr::Version)
+        );
+    }
+
+    #[test]
+    fn local_command_errors_in_redis_words() {
+        assert_eq!(
+            error_of("ECHO"),
+            "ERR wrong number of arguments for 'echo' command"
+        );
+        assert_eq!(
+            error_of("select"),
+            "ERR wrong number of arguments for 'select' command"
+        );
+        assert!(error_of("HELLO 3").starts_with("NOPROTO "));
+        assert_eq!(error_of("HELLO 4"), "NOPROTO unsupported protocol version");
+        assert_eq!(
+            error_of("HELLO x"),
+            "ERR Protocol version is not an integer or out of range"
+        );
+        assert_eq!(
+            error_of("HELLO 2 BOGUS"),
+            "ERR Syntax error in HELLO option 'BOGUS'"
+        );
+        assert_eq!(
+            error_of("SELECT x"),
+            "ERR value is not an integer or out of range"
+        );
+        assert!(error_of("SELECT 1").starts_with("ERR 'select' is not supported by sidecache: "));
+        assert_eq!(
+            error_of("CLIENT"),
+            "ERR wrong number of arguments for 'client' command"
+        );
+        assert_eq!(
+            error_of("CLIENT SETNAME"),
+            "ERR wrong number of arguments for 'client|setname' command"
+        );
+        assert_eq!(
+            error_of("CLIENT SETNAME a\tb"),
+            "ERR Client names cannot contain spaces, newlines or special characters."
+        );
+        assert_eq!(
+            error_of("CLIENT SETINFO color red"),
+            "ERR Unrecognized option 'color'"
+        );
+    }
+
+    #[test]
+    fn refused_commands_name_themselves() {
+        for line in [
+            "MULTI",
+            "exec",
+            "DISCARD",
+            "WATCH k",
+            "UNWATCH",
+            "SUBSCRIBE c",
+            "PSUBSCRIBE c*",
+            "SSUBSCRIBE c",
+            "UNSUBSCRIBE",
+            "PUNSUBSCRIBE",
+            "SUNSUBSCRIBE",
+            "MONITOR",
+            "BLPOP l 0",
+            "BRPOP l 0",
+            "BRPOPLPUSH a b 0",
+            "BLMOVE a b LEFT RIGHT 0",
+            "BLMPOP 0 1 l LEFT",
+            "BZPOPMIN z 0",
+            "BZPOPMAX z 0",
+            "BZMPOP 0 1 z MIN",
+            "XREAD BLOCK 0 STREAMS s $",
+            "XREADGROUP GROUP g c BLOCK 0 STREAMS s >",
+            "WAIT 1 0",
+            "WAITAOF 1 0 0",
+            "AUTH secret",
+            "RESET",
+            "SYNC",
+            "PSYNC ? -1",
+            "REPLCONF listening-port 1",
+            "CLIENT KILL ID 1",
+            "CLIENT TRACKING ON",
+            "CLIENT REPLY OFF",
+            "HELLO 2 AUTH user pass",
+        ] {
+            let e = error_of(line);
+            let name = line.split(' ').next().unwrap().to_ascii_lowercase();
+            assert!(
+                e.starts_with(&format!("ERR '{name}"))
+                    && e.contains("' is not supported by sidecache: "),
+                "{line}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn forwarded_commands() {
+        for line in [
+            "SET k v",
+            "DEL k",
+            "HGET h f",
+            "INCR n",
+            "COMMAND DOCS",
+            "CONFIG GET save",
+            "INFO",
+            "XREAD COUNT 1 STREAMS block 0",
+            "NOSUCHCOMMAND",
+            "AVERYVERYLONGCOMMANDNAMEINDEED",
+        ] {
+            assert_eq!(of(line), Action::Forward, "{line}");
+        }
+    }
+}

@@ -1,1 +1,240 @@
-//! config
+//! The command line: flags, their defaults and their validation.
+//!
+//! Owns turning `argv` into a [`Config`]; it never opens a socket. Every
+//! error names the flag or value at fault, so `main` can print one line and
+//! exit with status 2.
+
+use std::ffi::OsString;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+pub const HELP: &str = "\
+sidecache: a read-caching sidecar proxy for Redis
+
+Usage: sidecache [OPTIONS]
+
+Options:
+  --listen ADDR       address to accept clients on [default: 127.0.0.1:5555]
+  --redis HOST:PORT   the backing Redis [default: 127.0.0.1:6379]
+  --capacity N        most keys cached, least recently used evicted first;
+                      0 turns caching off [default: 10000]
+  --ttl DURATION      longest time an entry is served from the cache: whole
+                      seconds, or a number followed by ms, s, m or h;
+                      0 means entries never expire [default: 60s]
+  -h, --help          print this help and exit
+  -V, --version       print the version and exit
+
+GET replies are cached; everything else is forwarded to Redis unchanged.
+SIGINT or SIGTERM stops sidecache after it has sent the replies it owes.
+";
+
+/// What the command line asks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Invocation {
+    Run(Config),
+    Help,
+    Version,
+}
+
+/// Everything the server needs to know to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub redis: SocketAddr,
+    /// Most keys in the cache; 0 turns caching off.
+    pub capacity: usize,
+    /// Longest life of a cache entry; `None` means no expiry.
+    pub ttl: Option<Duration>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: SocketAddr::from(([127, 0, 0, 1], 5555)),
+            redis: SocketAddr::from(([127, 0, 0, 1], 6379)),
+            capacity: 10_000,
+            ttl: Some(Duration::from_secs(60)),
+        }
+    }
+}
+
+/// A command line that cannot be run, worded for one line on stderr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Parses the arguments that follow the program name.
+pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, UsageError> {
+    let mut args = pico_args::Arguments::from_vec(args);
+    if args.contains(["-h", "--help"]) {
+        return Ok(Invocation::Help);
+    }
+    if args.contains(["-V", "--version"]) {
+        return Ok(Invocation::Version);
+    }
+    let defaults = Config::default();
+    let config = Config {
+        listen: flag(&mut args, "--listen", parse_addr)?.unwrap_or(defaults.listen),
+        redis: flag(&mut args, "--redis", parse_addr)?.unwrap_or(defaults.redis),
+        capacity: flag(&mut args, "--capacity", parse_count)?.unwrap_or(defaults.capacity),
+        ttl: flag(&mut args, "--ttl", parse_ttl)?.unwrap_or(defaults.ttl),
+    };
+    let rest = args.finish();
+    if let Some(first) = rest.first() {
+        return Err(UsageError(format!(
+            "unexpected argument '{}' (see --help)",
+            first.to_string_lossy()
+        )));
+    }
+    Ok(Invocation::Run(config))
+}
+
+fn flag<T>(
+    args: &mut pico_args::Arguments,
+    name: &'static str,
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, UsageError> {
+    args.opt_value_from_fn(name, parse).map_err(|e| {
+        UsageError(match e {
+            pico_args::Error::OptionWithoutAValue(_) => format!("{name} needs a value"),
+            pico_args::Error::Utf8ArgumentParsingFailed { value, cause } => {
+                format!("invalid value '{value}' for {name}: {cause}")
+            }
+            pico_args::Error::ArgumentParsingFailed { cause } => {
+                format!("invalid value for {name}: {cause}")
+            }
+            other => format!("{name}: {other}"),
+        })
+    })
+}
+
+fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    let mut addrs = s
+        .to_socket_addrs()
+        .map_err(|e| format!("expected HOST:PORT ({e})"))?;
+    addrs
+        .next()
+        .ok_or_else(|| "the host has no address".to_string())
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    s.parse()
+        .map_err(|_| "expected a whole number, such as 10000".to_string())
+}
+
+fn parse_ttl(s: &str) -> Result<Option<Duration>, String> {
+    let ttl = parse_duration(s)?;
+    Ok((!ttl.is_zero()).then_some(ttl))
+}
+
+/// A whole number of seconds, or a whole number followed by `ms`, `s`, `m` or `h`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let bad = || "expected a duration such as 60, 500ms, 30s, 5m or 1h".to_string();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    if number.is_empty() {
+        return Err(bad());
+    }
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let millis_per_unit: u64 = match unit {
+        "" | "s" => 1_000,
+        "ms" => 1,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(millis_per_unit)
+        .map(Duration::from_millis)
+        .ok_or_else(|| "duration is too long".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Result<Invocation, UsageError> {
+        parse_args(args.iter().map(OsString::from).collect())
+    }
+
+    fn config(args: &[&str]) -> Config {
+        match run(args) {
+            Ok(Invocation::Run(c)) => c,
+            other => panic!("expected a config from {args:?}, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        assert_eq!(config(&[]), Config::default());
+        assert_eq!(config(&[]).listen.to_string(), "127.0.0.1:5555");
+        assert_eq!(config(&[]).ttl, Some(Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn both_value_forms() {
+        let a = config(&["--ttl", "10", "--capacity", "5"]);
+        let b = config(&["--ttl=10", "--capacity=5"]);
+        assert_eq!(a, b);
+        assert_eq!(a.ttl, Some(Duration::from_secs(10)));
+        assert_eq!(a.capacity, 5);
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("7"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("7s"), Ok(Duration::from_secs(7)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        for bad in [
+            "",
+            "s",
+            "1.5s",
+            "-1",
+            "10d",
+            " 1",
+            "1 s",
+            "99999999999999999999",
+        ] {
+            assert!(parse_duration(bad).is_err(), "{bad:?} should be refused");
+        }
+        assert_eq!(config(&["--ttl", "0"]).ttl, None);
+    }
+
+    #[test]
+    fn errors_name_the_flag() {
+        let e = run(&["--ttl", "soon"]).unwrap_err().0;
+        assert!(e.contains("--ttl") && e.contains("soon"), "{e}");
+        let e = run(&["--capacity", "-3"]).unwrap_err().0;
+        assert!(e.contains("--capacity"), "{e}");
+        let e = run(&["--bogus"]).unwrap_err().0;
+        assert!(e.contains("--bogus"), "{e}");
+        let e = run(&["--redis"]).unwrap_err().0;
+        assert!(e.contains("--redis"), "{e}");
+        let e = run(&["--listen", "nowhere"]).unwrap_err().0;
+        assert!(e.contains("--listen"), "{e}");
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(run(&["--help"]), Ok(Invocation::Help));
+        assert_eq!(run(&["-V"]), Ok(Invocation::Version));
+        for flag in [
+            "--listen",
+            "--redis",
+            "--capacity",
+            "--ttl",
+            "--help",
+            "--version",
+        ] {
+            assert!(HELP.contains(flag), "help lacks {flag}");
+        }
+    }
+}
