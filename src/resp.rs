@@ -701,6 +701,111 @@ pub fn command<A: AsRef<[u8]>>(out: &mut Vec<u8>, args: &[A]) {
     }
 }
 
+/// A reply decoded into values, for the few replies sidecache reads itself
+/// (its handshake, `COMMAND`, invalidation messages). Client traffic is
+/// never decoded: it is framed and passed on as bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Value {
+    /// `+`, and RESP3's one-line types (`#`, `,`, `(`) as their text.
+    Simple(Vec<u8>),
+    Error(Vec<u8>),
+    Integer(i64),
+    /// `$`, and RESP3's `=` and `!`.
+    Bulk(Vec<u8>),
+    /// `$-1`, `*-1` and RESP3's `_`.
+    Null,
+    /// `*`, and RESP3's `~` and `>`; a `%` map as its 2n elements in order.
+    Array(Vec<Value>),
+}
+
+impl Value {
+    /// The bytes of a simple or bulk string.
+    pub fn as_bytes(&self) -> Option<&[u8]> {
+        match self {
+            Value::Simple(b) | Value::Bulk(b) => Some(b),
+            _ => None,
+        }
+    }
+
+    pub fn as_array(&self) -> Option<&[Value]> {
+        match self {
+            Value::Array(items) => Some(items),
+            _ => None,
+        }
+    }
+
+    pub fn as_integer(&self) -> Option<i64> {
+        match self {
+            Value::Integer(n) => Some(*n),
+            _ => None,
+        }
+    }
+}
+
+/// Nesting deeper than any reply sidecache decodes itself.
+const MAX_VALUE_DEPTH: usize = 32;
+
+/// Decodes one complete reply, as found by [`ReplyFramer`].
+pub fn parse_value(frame: &[u8]) -> Result<Value, FrameError> {
+    let mut at = 0;
+    let value = parse_value_at(frame, &mut at, 0)?;
+    if at != frame.len() {
+        return Err(FrameError("trailing bytes after the reply"));
+    }
+    Ok(value)
+}
+
+fn parse_value_at(buf: &[u8], at: &mut usize, depth: usize) -> Result<Value, FrameError> {
+    if depth > MAX_VALUE_DEPTH {
+        return Err(FrameError("reply nested too deep"));
+    }
+    let rest = buf.get(*at..).unwrap_or_default();
+    let line_len = rest
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .ok_or(FrameError("incomplete reply"))?;
+    let kind = *rest.first().ok_or(FrameError("incomplete reply"))?;
+    let line = &rest[1..line_len];
+    *at += line_len + 2;
+    let length = || parse_int(line).ok_or(FrameError("invalid length"));
+    match kind {
+        b'+' | b'#' | b',' | b'(' => Ok(Value::Simple(line.to_vec())),
+        b'-' => Ok(Value::Error(line.to_vec())),
+        b':' => Ok(Value::Integer(length()?)),
+        b'_' => Ok(Value::Null),
+        b'$' | b'=' | b'!' => {
+            let n = length()?;
+            if n < 0 {
+                return Ok(Value::Null);
+            }
+            let n = usize::try_from(n).map_err(|_| FrameError("invalid length"))?;
+            let end = at.checked_add(n).ok_or(FrameError("invalid length"))?;
+            let data = buf.get(*at..end).ok_or(FrameError("incomplete reply"))?;
+            if buf.get(end..end + 2) != Some(b"\r\n") {
+                return Err(FrameError("expected CRLF after bulk data"));
+            }
+            *at = end + 2;
+            Ok(Value::Bulk(data.to_vec()))
+        }
+        b'*' | b'~' | b'>' | b'%' => {
+            let n = length()?;
+            if n < 0 {
+                return Ok(Value::Null);
+            }
+            let count = if kind == b'%' { n.saturating_mul(2) } else { n };
+            let count = usize::try_from(count).map_err(|_| FrameError("invalid length"))?;
+            // Each element takes at least 3 bytes, so a count larger than
+            // what is left cannot be honest; do not reserve for it.
+            let mut items = Vec::with_capacity(count.min(buf.len() / 3));
+            for _ in 0..count {
+                items.push(parse_value_at(buf, at, depth + 1)?);
+            }
+            Ok(Value::Array(items))
+        }
+        _ => Err(FrameError("unknown reply type")),
+    }
+}
+
 /// Copies a status or error text, blanking CR and LF as Redis does: either
 /// would end the line early and leave the client out of step.
 fn push_one_line(out: &mut Vec<u8>, s: &[u8]) {
@@ -2009,5 +2114,37 @@ mod tests {
             }
         }
         assert!(incomplete > 300 && complete > 200 && refused > 300);
+    }
+
+    #[test]
+    fn values_decode() {
+        let frame = b"*4\r\n+OK\r\n:-3\r\n$-1\r\n*2\r\n$3\r\nabc\r\n-ERR no\r\n";
+        assert_eq!(
+            parse_value(frame),
+            Ok(Value::Array(vec![
+                Value::Simple(b"OK".to_vec()),
+                Value::Integer(-3),
+                Value::Null,
+                Value::Array(vec![
+                    Value::Bulk(b"abc".to_vec()),
+                    Value::Error(b"ERR no".to_vec())
+                ]),
+            ]))
+        );
+        assert_eq!(parse_value(b"*-1\r\n"), Ok(Value::Null));
+        assert_eq!(parse_value(b"_\r\n"), Ok(Value::Null));
+        assert_eq!(
+            parse_value(b"%1\r\n+a\r\n:1\r\n"),
+            Ok(Value::Array(vec![
+                Value::Simple(b"a".to_vec()),
+                Value::Integer(1)
+            ]))
+        );
+        assert!(parse_value(b"*2\r\n:1\r\n").is_err());
+        assert!(parse_value(b"$5\r\nab\r\n").is_err());
+        assert!(parse_value(b":1\r\n:2\r\n").is_err());
+        assert!(parse_value(b"*99999999999\r\n").is_err());
+        let deep = "*1\r\n".repeat(100) + ":1\r\n";
+        assert!(parse_value(deep.as_bytes()).is_err());
     }
 }
