@@ -1,15 +1,16 @@
-//! The connection to the backing Redis that every client's forwarded
-//! requests share: connecting, backing off, the outgoing pipeline, and the
-//! in-flight FIFO that pairs each reply with the request it answers.
+//! One connection to the backing Redis: connecting, backing off, the
+//! outgoing pipeline, reply framing, and the in-flight FIFO that pairs each
+//! reply with the request it answers. sidecache has several: the data
+//! connection every client's forwarded requests share, and the invalidation
+//! connection; each has its own kind of in-flight entry `T`.
 //!
 //! Invariant: `in_flight` has exactly one entry per request queued on the
-//! current connection and not yet answered, in the order written, its own
+//! current connection and not yet answered, in the order written, the
 //! handshake included. On loss every entry is handed back to be failed, in
 //! order, and the queue starts empty. This module never looks inside a
-//! client and never decides what a reply means to the cache.
+//! client and never decides what a reply means.
 
-use crate::cache::FillTicket;
-use crate::resp::{self, FrameError, ReplyFramer};
+use crate::resp::{FrameError, ReplyFramer};
 use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::collections::VecDeque;
@@ -24,27 +25,14 @@ const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 64 * 1024;
 const KEEP_IDLE_CAPACITY: usize = 256 * 1024;
 
-/// Who is waiting for a reply, and what to do with it.
-#[derive(Debug)]
-pub enum InFlight {
-    /// A client's request: the reply goes to slot `seq` of client `id`,
-    /// which lived in slab slot `key` when the request was sent.
-    Client {
-        key: usize,
-        id: u64,
-        seq: u64,
-        /// For a GET miss: the key to fill and the ticket that allows it.
-        fill: Option<(Box<[u8]>, FillTicket)>,
-    },
-    /// sidecache's own `INFO server`, sent first on every connection.
-    Handshake,
-}
-
 /// Where the connection is. Transitions, all in this file:
 /// `Down` → `Connecting` (`connect`, when `retry_at` has passed);
 /// `Connecting` → `Ready` (`poll_connect` sees the connect finish);
-/// `Connecting | Ready` → `Down` (`lose`: a failure, a timeout, or a reply out of step).
+/// `Connecting | Ready` → `Down` (`lose`: a failure, a timeout, or a reply out of step);
+/// any → `Off` (`turn_off`: the connection is not wanted, e.g. Redis cannot track).
 pub enum State {
+    /// Not wanted: never connects.
+    Off,
     /// Not connected; the next attempt is due at `retry_at`.
     Down { retry_at: Instant },
     /// A non-blocking connect is under way; requests queue meanwhile.
@@ -56,7 +44,9 @@ pub enum State {
     Ready { stream: TcpStream },
 }
 
-pub struct Backend {
+pub struct Backend<T> {
+    /// Which connection this is, for log lines.
+    pub role: &'static str,
     addr: SocketAddr,
     token: Token,
     pub state: State,
@@ -67,10 +57,8 @@ pub struct Backend {
     input: Vec<u8>,
     input_start: usize,
     framer: ReplyFramer,
-    in_flight: VecDeque<InFlight>,
+    in_flight: VecDeque<T>,
     backoff: Duration,
-    /// Redis's version, from the handshake; answered in HELLO.
-    pub redis_version: Option<String>,
 }
 
 /// What a connect attempt or a socket event came to.
@@ -81,10 +69,11 @@ pub enum Progress {
     Connected,
 }
 
-impl Backend {
-    /// A backend that will connect to `addr` on the first `connect`.
-    pub fn new(addr: SocketAddr, token: Token, now: Instant) -> Self {
+impl<T> Backend<T> {
+    /// A connection that will connect to `addr` on the first `connect`.
+    pub fn new(role: &'static str, addr: SocketAddr, token: Token, now: Instant) -> Self {
         Backend {
+            role,
             addr,
             token,
             state: State::Down { retry_at: now },
@@ -95,7 +84,6 @@ impl Backend {
             framer: ReplyFramer::default(),
             in_flight: VecDeque::new(),
             backoff: BACKOFF_MIN,
-            redis_version: None,
         }
     }
 
@@ -105,7 +93,7 @@ impl Backend {
 
     /// Whether a request queued now will be sent (at once, or once the connect finishes).
     pub fn accepts_requests(&self) -> bool {
-        !matches!(self.state, State::Down { .. })
+        matches!(self.state, State::Connecting { .. } | State::Ready { .. })
     }
 
     /// When the loop must next call `on_timer`, if ever.
@@ -113,12 +101,12 @@ impl Backend {
         match self.state {
             State::Down { retry_at } => Some(retry_at),
             State::Connecting { deadline, .. } => Some(deadline),
-            State::Ready { .. } => None,
+            State::Ready { .. } | State::Off => None,
         }
     }
 
-    /// Starts a non-blocking connect and queues the handshake. On failure
-    /// the backend is `Down` again with a longer backoff.
+    /// Starts a non-blocking connect; the caller queues its handshake next.
+    /// On failure the connection is `Down` again with a longer backoff.
     pub fn connect(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
         debug_assert!(self.in_flight.is_empty());
         let mut stream = match TcpStream::connect(self.addr) {
@@ -140,8 +128,6 @@ impl Backend {
             stream,
             deadline: now + CONNECT_TIMEOUT,
         };
-        resp::command(&mut self.out, &["INFO", "server"]);
-        self.in_flight.push_back(InFlight::Handshake);
         Ok(())
     }
 
@@ -171,16 +157,24 @@ impl Backend {
         Ok(Progress::Connected)
     }
 
-    /// The handshake was answered: the connection works, so the next loss
-    /// starts backing off from the minimum again.
-    pub fn handshake_done(&mut self, info: &[u8]) {
+    /// Redis answered: the connection works, so the next loss starts
+    /// backing off from the minimum again.
+    pub fn reset_backoff(&mut self) {
         self.backoff = BACKOFF_MIN;
-        self.redis_version = info_field(info, b"redis_version:").map(|v| v.to_string());
+    }
+
+    /// Whether the connection is up and its socket ready for requests.
+    pub fn is_ready(&self) -> bool {
+        matches!(self.state, State::Ready { .. })
+    }
+
+    pub fn is_connecting(&self) -> bool {
+        matches!(self.state, State::Connecting { .. })
     }
 
     /// Queues a request written by `write` and its in-flight entry. The
     /// caller checks `accepts_requests` first.
-    pub fn queue(&mut self, entry: InFlight, write: impl FnOnce(&mut Vec<u8>)) {
+    pub fn queue(&mut self, entry: T, write: impl FnOnce(&mut Vec<u8>)) {
         debug_assert!(self.accepts_requests());
         write(&mut self.out);
         self.in_flight.push_back(entry);
@@ -237,18 +231,18 @@ impl Backend {
         }
     }
 
-    /// The next complete reply with the request it answers, if one has
-    /// arrived. The reply's bytes are `self.reply(len)`; call `consume(len)`
-    /// after use. An error means the stream is out of step: `lose` it.
-    pub fn next_reply(&mut self) -> Result<Option<(InFlight, usize)>, Desync> {
+    /// The length of the next complete reply (or push message), if one has
+    /// arrived. Its bytes are `self.reply(len)`; call `consume(len)` after
+    /// use. An error means the stream is out of step: `lose` it.
+    pub fn next_frame(&mut self) -> Result<Option<usize>, Desync> {
         let pending = &self.input[self.input_start..];
-        let Some(len) = self.framer.frame(pending).map_err(Desync::Malformed)? else {
-            return Ok(None);
-        };
-        match self.in_flight.pop_front() {
-            Some(entry) => Ok(Some((entry, len))),
-            None => Err(Desync::Unrequested),
-        }
+        self.framer.frame(pending).map_err(Desync::Malformed)
+    }
+
+    /// The request the next reply answers. A reply with none waiting means
+    /// the stream is out of step.
+    pub fn pop_in_flight(&mut self) -> Result<T, Desync> {
+        self.in_flight.pop_front().ok_or(Desync::Unrequested)
     }
 
     /// The first `len` bytes of what was read: the reply `next_reply` found.
@@ -269,12 +263,12 @@ impl Backend {
 
     /// Drops the connection and schedules the next attempt. Returns every
     /// request that was waiting for a reply, in order, so each can be failed.
-    pub fn lose(&mut self, registry: &Registry, now: Instant) -> VecDeque<InFlight> {
+    pub fn lose(&mut self, registry: &Registry, now: Instant) -> VecDeque<T> {
         match &mut self.state {
             State::Connecting { stream, .. } | State::Ready { stream } => {
                 let _ = registry.deregister(stream);
             }
-            State::Down { .. } => {}
+            State::Down { .. } | State::Off => {}
         }
         self.schedule_retry(now);
         self.out.clear();
@@ -283,6 +277,22 @@ impl Backend {
         self.input_start = 0;
         self.framer = ReplyFramer::default();
         std::mem::take(&mut self.in_flight)
+    }
+
+    /// Drops the connection for good (until `turn_on`). Returns the requests
+    /// that were waiting, like `lose`.
+    pub fn turn_off(&mut self, registry: &Registry, now: Instant) -> VecDeque<T> {
+        let waiting = self.lose(registry, now);
+        self.state = State::Off;
+        waiting
+    }
+
+    /// Lets an `Off` connection connect again, at once.
+    pub fn turn_on(&mut self, now: Instant) {
+        if matches!(self.state, State::Off) {
+            self.backoff = BACKOFF_MIN;
+            self.state = State::Down { retry_at: now };
+        }
     }
 
     fn schedule_retry(&mut self, now: Instant) {
@@ -316,7 +326,7 @@ impl std::fmt::Display for Desync {
 }
 
 /// The value of `field` (such as `redis_version:`) in an INFO reply.
-fn info_field<'a>(info: &'a [u8], field: &[u8]) -> Option<&'a str> {
+pub fn info_field<'a>(info: &'a [u8], field: &[u8]) -> Option<&'a str> {
     info.split(|&b| b == b'\n')
         .find_map(|line| line.strip_prefix(field))
         .and_then(|v| std::str::from_utf8(v).ok())

@@ -1,48 +1,80 @@
 //! The cache of GET replies: at most `capacity` keys, least recently used
-//! evicted first, each entry served for at most `ttl` after it was stored.
+//! evicted first, each entry served until the earlier of `ttl` after it was
+//! stored and the key's own expiry in Redis.
+//!
+//! It also keeps the cache from lying: a GET reply is stored only with a
+//! fill ticket taken when the GET was sent, and any invalidation of that key
+//! (a write through sidecache, a message from Redis's client tracking) or
+//! any clear since then voids the ticket. While the server cannot keep the
+//! cache coherent (`serving` is off), nothing is served or stored.
 //!
 //! Pure: the clock comes in as an argument, so tests need no sleeps. Entries
 //! hold the reply exactly as Redis sent it, shared, so a hit is a copy into
-//! a client's output and never a re-encode. It must never hand out an entry
-//! past its TTL, and never store a reply whose fill ticket was cancelled.
+//! a client's output and never a re-encode.
 
 use hashlink::LruCache;
+use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-/// Taken when a GET miss is sent to Redis; its reply may fill the cache
-/// only while the ticket is still valid. Clearing the cache cancels every
-/// ticket taken before, so a reply from before a reconnect or a flush is
-/// never stored.
+/// Permission to store the reply of one GET, taken when it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FillTicket(u64);
 
 struct Entry {
     reply: Rc<[u8]>,
-    stored_at: Instant,
+    expires_at: Option<Instant>,
+}
+
+/// GETs of one key in flight with a ticket. Kept only while some are, so
+/// memory is bounded by the requests in flight.
+struct PendingFills {
+    outstanding: u32,
+    /// Tickets below this were voided by an invalidation of the key.
+    valid_from: u64,
 }
 
 pub struct Cache {
     /// `None` when caching is off (`--capacity 0`).
     entries: Option<LruCache<Box<[u8]>, Entry>>,
     ttl: Option<Duration>,
-    /// Bumped by `clear`, which cancels every outstanding fill ticket.
-    epoch: u64,
+    serving: bool,
+    fills: HashMap<Box<[u8]>, PendingFills>,
+    next_ticket: u64,
+    /// Tickets below this were voided by a clear.
+    valid_from: u64,
 }
 
 impl Cache {
     /// A cache of at most `capacity` keys (0 turns it off) whose entries
-    /// live at most `ttl` (`None`: until evicted).
+    /// live at most `ttl` (`None`: until evicted or invalidated). It starts
+    /// not serving.
     pub fn new(capacity: usize, ttl: Option<Duration>) -> Self {
         Cache {
             entries: (capacity > 0).then(|| LruCache::new(capacity)),
             ttl,
-            epoch: 0,
+            serving: false,
+            fills: HashMap::new(),
+            next_ticket: 0,
+            valid_from: 0,
         }
     }
 
     pub fn is_enabled(&self) -> bool {
         self.entries.is_some()
+    }
+
+    pub fn is_serving(&self) -> bool {
+        self.serving && self.is_enabled()
+    }
+
+    /// Turns serving on or off. Either way the cache starts empty: what was
+    /// stored before may no longer be true.
+    pub fn set_serving(&mut self, serving: bool) {
+        if self.serving != serving {
+            self.serving = serving;
+            self.clear();
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -54,14 +86,14 @@ impl Cache {
     }
 
     /// The cached reply for `key`, marking it most recently used. An entry
-    /// past its TTL is removed and reported as a miss.
+    /// past its expiry is removed and reported as a miss.
     pub fn get(&mut self, key: &[u8], now: Instant) -> Option<Rc<[u8]>> {
+        if !self.serving {
+            return None;
+        }
         let entries = self.entries.as_mut()?;
         let entry = entries.get(key)?;
-        let fresh = self
-            .ttl
-            .is_none_or(|ttl| now.saturating_duration_since(entry.stored_at) < ttl);
-        if fresh {
+        if entry.expires_at.is_none_or(|at| now < at) {
             Some(Rc::clone(&entry.reply))
         } else {
             entries.remove(key);
@@ -69,34 +101,92 @@ impl Cache {
         }
     }
 
-    /// A ticket for a GET of some key about to be sent to Redis.
-    pub fn fill_ticket(&self) -> FillTicket {
-        FillTicket(self.epoch)
+    /// A ticket for a GET of `key` about to be sent, or `None` when its
+    /// reply could not be stored anyway. Every ticket must be given back
+    /// through `complete_fill`, unless the cache is cleared first.
+    pub fn fill_ticket(&mut self, key: &[u8]) -> Option<FillTicket> {
+        if !self.is_serving() {
+            return None;
+        }
+        let ticket = FillTicket(self.next_ticket);
+        self.next_ticket += 1;
+        match self.fills.get_mut(key) {
+            Some(pending) => pending.outstanding += 1,
+            None => {
+                self.fills.insert(
+                    key.into(),
+                    PendingFills {
+                        outstanding: 1,
+                        valid_from: 0,
+                    },
+                );
+            }
+        }
+        Some(ticket)
     }
 
-    /// Stores `reply` for `key` if `ticket` is still valid; evicts the least
-    /// recently used entry when full. Returns whether it was stored.
-    pub fn fill(&mut self, key: &[u8], reply: &[u8], ticket: FillTicket, now: Instant) -> bool {
-        if ticket.0 != self.epoch {
-            return false;
+    /// Gives back the ticket of a GET whose reply arrived, storing `reply`
+    /// if the ticket is still valid. `key_expires_at` is when the key
+    /// expires in Redis, if it does. Returns whether it was stored.
+    pub fn complete_fill(
+        &mut self,
+        key: &[u8],
+        ticket: FillTicket,
+        reply: Option<&[u8]>,
+        key_expires_at: Option<Instant>,
+        now: Instant,
+    ) -> bool {
+        if ticket.0 < self.valid_from {
+            return false; // voided by a clear, which also forgot the pending fill
         }
-        let Some(entries) = self.entries.as_mut() else {
+        let Some(pending) = self.fills.get_mut(key) else {
+            debug_assert!(false, "a valid ticket without a pending fill");
             return false;
+        };
+        let valid = ticket.0 >= pending.valid_from;
+        pending.outstanding -= 1;
+        if pending.outstanding == 0 {
+            self.fills.remove(key);
+        }
+        let (Some(reply), true, Some(entries)) = (reply, valid, self.entries.as_mut()) else {
+            return false;
+        };
+        let ttl_expiry = self.ttl.map(|ttl| now + ttl);
+        let expires_at = match (ttl_expiry, key_expires_at) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
         };
         let entry = Entry {
             reply: Rc::from(reply),
-            stored_at: now,
+            expires_at,
         };
         entries.insert(key.into(), entry);
         true
     }
 
-    /// Drops every entry and cancels every outstanding fill ticket.
+    /// The key changed in Redis: drop its entry and void every ticket
+    /// taken for it so far.
+    pub fn invalidate(&mut self, key: &[u8]) {
+        if let Some(entries) = self.entries.as_mut() {
+            entries.remove(key);
+        }
+        if let Some(pending) = self.fills.get_mut(key) {
+            pending.valid_from = self.next_ticket;
+        }
+    }
+
+    /// Drops every entry and voids every ticket taken so far.
     pub fn clear(&mut self) {
         if let Some(entries) = self.entries.as_mut() {
             entries.clear();
         }
-        self.epoch += 1;
+        self.fills.clear();
+        self.valid_from = self.next_ticket;
+    }
+
+    /// GETs in flight holding a ticket, for tests and stats.
+    pub fn pending_fills(&self) -> usize {
+        self.fills.values().map(|p| p.outstanding as usize).sum()
     }
 }
 
@@ -106,9 +196,17 @@ mod tests {
 
     const HOUR: Option<Duration> = Some(Duration::from_secs(3600));
 
+    fn serving(capacity: usize, ttl: Option<Duration>) -> Cache {
+        let mut cache = Cache::new(capacity, ttl);
+        cache.set_serving(true);
+        cache
+    }
+
     fn filled(cache: &mut Cache, key: &str, reply: &str, now: Instant) -> bool {
-        let ticket = cache.fill_ticket();
-        cache.fill(key.as_bytes(), reply.as_bytes(), ticket, now)
+        let Some(ticket) = cache.fill_ticket(key.as_bytes()) else {
+            return false;
+        };
+        cache.complete_fill(key.as_bytes(), ticket, Some(reply.as_bytes()), None, now)
     }
 
     fn hit(cache: &mut Cache, key: &str, now: Instant) -> Option<String> {
@@ -120,19 +218,20 @@ mod tests {
     #[test]
     fn hit_after_fill_and_miss_before() {
         let now = Instant::now();
-        let mut cache = Cache::new(10, HOUR);
+        let mut cache = serving(10, HOUR);
         assert_eq!(hit(&mut cache, "k", now), None);
         assert!(filled(&mut cache, "k", "$1\r\nv\r\n", now));
         assert_eq!(hit(&mut cache, "k", now).as_deref(), Some("$1\r\nv\r\n"));
         assert!(filled(&mut cache, "nil", "$-1\r\n", now));
         assert_eq!(hit(&mut cache, "nil", now).as_deref(), Some("$-1\r\n"));
         assert_eq!(cache.len(), 2);
+        assert_eq!(cache.pending_fills(), 0);
     }
 
     #[test]
     fn evicts_least_recently_used() {
         let now = Instant::now();
-        let mut cache = Cache::new(2, HOUR);
+        let mut cache = serving(2, HOUR);
         filled(&mut cache, "a", "A", now);
         filled(&mut cache, "b", "B", now);
         assert!(hit(&mut cache, "a", now).is_some()); // a is now the most recent
@@ -146,7 +245,7 @@ mod tests {
     #[test]
     fn refill_replaces_and_does_not_grow() {
         let now = Instant::now();
-        let mut cache = Cache::new(2, HOUR);
+        let mut cache = serving(2, HOUR);
         filled(&mut cache, "a", "old", now);
         filled(&mut cache, "a", "new", now);
         assert_eq!(hit(&mut cache, "a", now).as_deref(), Some("new"));
@@ -157,7 +256,7 @@ mod tests {
     fn expires_after_ttl_on_access() {
         let start = Instant::now();
         let ttl = Duration::from_secs(10);
-        let mut cache = Cache::new(10, Some(ttl));
+        let mut cache = serving(10, Some(ttl));
         filled(&mut cache, "k", "v", start);
         assert!(hit(&mut cache, "k", start + ttl - Duration::from_millis(1)).is_some());
         assert_eq!(hit(&mut cache, "k", start + ttl), None);
@@ -165,9 +264,20 @@ mod tests {
     }
 
     #[test]
+    fn never_outlives_the_keys_own_expiry() {
+        let start = Instant::now();
+        let mut cache = serving(10, HOUR);
+        let ticket = cache.fill_ticket(b"k").unwrap();
+        let key_expiry = start + Duration::from_millis(300);
+        assert!(cache.complete_fill(b"k", ticket, Some(b"v"), Some(key_expiry), start));
+        assert!(hit(&mut cache, "k", key_expiry - Duration::from_millis(1)).is_some());
+        assert_eq!(hit(&mut cache, "k", key_expiry), None);
+    }
+
+    #[test]
     fn no_ttl_means_no_expiry() {
         let start = Instant::now();
-        let mut cache = Cache::new(10, None);
+        let mut cache = serving(10, None);
         filled(&mut cache, "k", "v", start);
         let much_later = start + Duration::from_secs(365 * 24 * 3600);
         assert!(hit(&mut cache, "k", much_later).is_some());
@@ -176,23 +286,91 @@ mod tests {
     #[test]
     fn capacity_zero_caches_nothing() {
         let now = Instant::now();
-        let mut cache = Cache::new(0, HOUR);
+        let mut cache = serving(0, HOUR);
         assert!(!cache.is_enabled());
-        assert!(!filled(&mut cache, "k", "v", now));
+        assert!(cache.fill_ticket(b"k").is_none());
         assert_eq!(hit(&mut cache, "k", now), None);
     }
 
     #[test]
-    fn clear_cancels_tickets_taken_before() {
+    fn nothing_served_or_stored_while_not_serving() {
         let now = Instant::now();
-        let mut cache = Cache::new(10, HOUR);
+        let mut cache = serving(10, HOUR);
+        filled(&mut cache, "k", "v", now);
+        let ticket = cache.fill_ticket(b"in-flight").unwrap();
+        cache.set_serving(false);
+        assert_eq!(hit(&mut cache, "k", now), None);
+        assert!(cache.fill_ticket(b"k").is_none());
+        assert!(!cache.complete_fill(b"in-flight", ticket, Some(b"v"), None, now));
+        cache.set_serving(true);
+        assert!(cache.is_empty(), "what was cached before the gap is gone");
+        assert!(!cache.complete_fill(b"in-flight", ticket, Some(b"v"), None, now));
+    }
+
+    /// Every order of the three events of a GET miss that races a write:
+    /// the ticket is taken (the GET is sent), the key is invalidated, the
+    /// reply arrives. A reply may be stored only if its GET was sent after
+    /// the last invalidation.
+    #[test]
+    fn an_invalidation_voids_the_fills_taken_before_it() {
+        let now = Instant::now();
+        // Sent, invalidated, reply: the reply may predate the write.
+        let mut cache = serving(10, HOUR);
+        let t = cache.fill_ticket(b"k").unwrap();
+        cache.invalidate(b"k");
+        assert!(!cache.complete_fill(b"k", t, Some(b"old"), None, now));
+        assert_eq!(hit(&mut cache, "k", now), None);
+        // Sent, reply, invalidated: stored, then dropped.
+        let t = cache.fill_ticket(b"k").unwrap();
+        assert!(cache.complete_fill(b"k", t, Some(b"old"), None, now));
+        cache.invalidate(b"k");
+        assert_eq!(hit(&mut cache, "k", now), None);
+        // Invalidated, sent, reply: the GET saw the write.
+        cache.invalidate(b"k");
+        let t = cache.fill_ticket(b"k").unwrap();
+        assert!(cache.complete_fill(b"k", t, Some(b"new"), None, now));
+        assert_eq!(hit(&mut cache, "k", now).as_deref(), Some("new"));
+        assert_eq!(cache.pending_fills(), 0);
+    }
+
+    #[test]
+    fn one_invalidation_voids_every_fill_of_the_key_before_it_only() {
+        let now = Instant::now();
+        let mut cache = serving(10, HOUR);
+        let before1 = cache.fill_ticket(b"k").unwrap();
+        let before2 = cache.fill_ticket(b"k").unwrap();
+        let other = cache.fill_ticket(b"other").unwrap();
+        cache.invalidate(b"k");
+        let after = cache.fill_ticket(b"k").unwrap();
+        assert!(!cache.complete_fill(b"k", before2, Some(b"old"), None, now));
+        assert!(cache.complete_fill(b"k", after, Some(b"new"), None, now));
+        assert!(!cache.complete_fill(b"k", before1, Some(b"old"), None, now));
+        assert_eq!(hit(&mut cache, "k", now).as_deref(), Some("new"));
+        assert!(cache.complete_fill(b"other", other, Some(b"o"), None, now));
+        assert_eq!(cache.pending_fills(), 0);
+    }
+
+    #[test]
+    fn clear_voids_tickets_taken_before() {
+        let now = Instant::now();
+        let mut cache = serving(10, HOUR);
         filled(&mut cache, "a", "A", now);
-        let before = cache.fill_ticket();
+        let before = cache.fill_ticket(b"b").unwrap();
         cache.clear();
         assert!(cache.is_empty());
-        assert!(!cache.fill(b"b", b"B", before, now));
+        assert!(!cache.complete_fill(b"b", before, Some(b"B"), None, now));
         assert_eq!(hit(&mut cache, "b", now), None);
-        let after = cache.fill_ticket();
-        assert!(cache.fill(b"b", b"B", after, now));
+        assert!(filled(&mut cache, "b", "B", now));
+        assert_eq!(cache.pending_fills(), 0);
+    }
+
+    #[test]
+    fn a_reply_that_is_not_a_value_gives_the_ticket_back() {
+        let now = Instant::now();
+        let mut cache = serving(10, HOUR);
+        let t = cache.fill_ticket(b"k").unwrap();
+        assert!(!cache.complete_fill(b"k", t, None, None, now));
+        assert_eq!(cache.pending_fills(), 0);
+        assert_eq!(hit(&mut cache, "k", now), None);
     }
 }

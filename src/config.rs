@@ -21,6 +21,10 @@ Options:
   --ttl DURATION      longest time an entry is served from the cache: whole
                       seconds, or a number followed by ms, s, m or h;
                       0 means entries never expire [default: 60s]
+  --tracking MODE     auto, on or off: keep the cache coherent with Redis's
+                      client tracking; auto uses it when Redis supports it,
+                      on refuses to run without it, off caches by TTL only
+                      [default: auto]
   -h, --help          print this help and exit
   -V, --version       print the version and exit
 
@@ -45,6 +49,18 @@ pub struct Config {
     pub capacity: usize,
     /// Longest life of a cache entry; `None` means no expiry.
     pub ttl: Option<Duration>,
+    pub tracking: TrackingMode,
+}
+
+/// Whether the cache is kept coherent by Redis's client tracking.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TrackingMode {
+    /// Track when Redis can; otherwise warn and cache by TTL only.
+    Auto,
+    /// Track, or refuse to run.
+    On,
+    /// Cache by TTL only (writes through sidecache still invalidate).
+    Off,
 }
 
 impl Default for Config {
@@ -54,6 +70,7 @@ impl Default for Config {
             redis: SocketAddr::from(([127, 0, 0, 1], 6379)),
             capacity: 10_000,
             ttl: Some(Duration::from_secs(60)),
+            tracking: TrackingMode::Auto,
         }
     }
 }
@@ -85,6 +102,7 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, UsageError> {
         redis: flag(&mut args, "--redis", parse_addr)?.unwrap_or(defaults.redis),
         capacity: flag(&mut args, "--capacity", parse_count)?.unwrap_or(defaults.capacity),
         ttl: flag(&mut args, "--ttl", parse_ttl)?.unwrap_or(defaults.ttl),
+        tracking: flag(&mut args, "--tracking", parse_tracking)?.unwrap_or(defaults.tracking),
     };
     let rest = args.finish();
     if let Some(first) = rest.first() {
@@ -127,6 +145,15 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 fn parse_count(s: &str) -> Result<usize, String> {
     s.parse()
         .map_err(|_| "expected a whole number, such as 10000".to_string())
+}
+
+fn parse_tracking(s: &str) -> Result<TrackingMode, String> {
+    match s {
+        "auto" => Ok(TrackingMode::Auto),
+        "on" => Ok(TrackingMode::On),
+        "off" => Ok(TrackingMode::Off),
+        _ => Err("expected auto, on or off".to_string()),
+    }
 }
 
 fn parse_ttl(s: &str) -> Result<Option<Duration>, String> {
@@ -218,6 +245,8 @@ mod tests {
         assert!(e.contains("--bogus"), "{e}");
         let e = run(&["--redis"]).unwrap_err().0;
         assert!(e.contains("--redis"), "{e}");
+        let e = run(&["--tracking", "maybe"]).unwrap_err().0;
+        assert!(e.contains("--tracking") && e.contains("maybe"), "{e}");
         let e = run(&["--listen", "nowhere"]).unwrap_err().0;
         assert!(e.contains("--listen"), "{e}");
     }

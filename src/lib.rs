@@ -12,9 +12,11 @@
 //! - [`config`]: the command line and its validation.
 //! - [`resp`]: request parser, reply framer and encoders (pure).
 //! - [`command`]: what sidecache does with each request: cache, answer, refuse or forward (pure).
+//! - [`keys`]: which keys a command writes, learned from Redis's `COMMAND` reply (pure).
 //! - [`cache`]: the LRU + TTL cache of GET replies (pure).
 //! - [`client`]: one client connection: its input, its ordered reply slots, its output.
-//! - [`backend`]: the connection to Redis: connecting, backoff, the in-flight FIFO.
+//! - [`backend`]: a connection to Redis: connecting, backoff, the in-flight FIFO.
+//! - [`tracking`]: Redis's client tracking as seen on the invalidation connection (pure).
 //! - [`server`]: the event loop that owns all of the above.
 
 pub mod backend;
@@ -22,6 +24,8 @@ pub mod cache;
 pub mod client;
 pub mod command;
 pub mod config;
+pub mod keys;
 pub mod log;
 pub mod resp;
 pub mod server;
+pub mod tracking;

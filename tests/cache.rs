@@ -2,12 +2,39 @@
 //!
 //! Staleness is the observable: values are changed directly in Redis
 //! (underneath the proxy), and a cached GET keeps returning the old value.
+//! That is only true without client tracking, so every sidecache here runs
+//! with `--tracking off`, and tests start once it says the cache serves.
 
 #[macro_use]
 mod common;
 
 use common::*;
 use std::time::{Duration, Instant};
+
+/// A sidecache that caches by TTL only, once its cache is serving.
+fn start_ttl_only(redis_port: u16, extra: &[&str]) -> Sidecache {
+    let mut args = vec!["--tracking", "off"];
+    args.extend_from_slice(extra);
+    let proxy = Sidecache::start(redis_port, &args);
+    if !args.windows(2).any(|w| w == ["--capacity", "0"]) {
+        wait_for_log(&proxy, "serving GETs from the cache");
+    }
+    proxy
+}
+
+/// Waits until sidecache's log has a line containing `text`.
+#[track_caller]
+fn wait_for_log(proxy: &Sidecache, text: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !proxy.stderr().contains(text) {
+        assert!(
+            Instant::now() < deadline,
+            "sidecache never logged {text:?}; stderr:\n{}",
+            proxy.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
 
 /// GETs `key` through `c` until the reply is `want`; returns when it was
 /// seen. Every reply in between must be `old`. Fails after `timeout`.
@@ -38,7 +65,7 @@ fn poll_get_until(c: &mut Conn, key: &str, old: &[u8], want: &[u8], timeout: Dur
 fn cached_value_is_served_until_the_ttl_expires() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--ttl", "500ms"]);
+    let proxy = start_ttl_only(redis.port(), &["--ttl", "500ms"]);
     redis.set("t", "v1");
     let mut c = proxy.connect();
 
@@ -69,8 +96,8 @@ fn ttl_in_whole_seconds_and_eq_form() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
     // `--ttl 1` is one second (not one millisecond); `--ttl=300ms` works too.
-    let secs = Sidecache::start(redis.port(), &["--ttl", "1"]);
-    let millis = Sidecache::start(redis.port(), &["--ttl=300ms"]);
+    let secs = start_ttl_only(redis.port(), &["--ttl", "1"]);
+    let millis = start_ttl_only(redis.port(), &["--ttl=300ms"]);
     redis.set("u", "old");
     let mut s = secs.connect();
     let mut m = millis.connect();
@@ -109,8 +136,8 @@ fn ttl_in_whole_seconds_and_eq_form() {
 fn ttl_zero_and_default_ttl_do_not_expire_quickly() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let never = Sidecache::start(redis.port(), &["--ttl", "0"]);
-    let default = Sidecache::start(redis.port(), &[]);
+    let never = start_ttl_only(redis.port(), &["--ttl", "0"]);
+    let default = start_ttl_only(redis.port(), &[]);
     redis.set("z", "old");
     let mut n = never.connect();
     let mut d = default.connect();
@@ -129,7 +156,7 @@ fn ttl_zero_and_default_ttl_do_not_expire_quickly() {
 fn lru_eviction_order_at_capacity_two() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--capacity", "2", "--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--capacity", "2", "--ttl", "0"]);
     for k in ["a", "b", "c"] {
         redis.set(k, format!("{k}1"));
     }
@@ -158,7 +185,7 @@ fn lru_eviction_order_at_capacity_two() {
 fn lru_evicts_exactly_the_least_recent_key() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--capacity", "50", "--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--capacity", "50", "--ttl", "0"]);
     let mut c = proxy.connect();
     for i in 0..50 {
         redis.set(&format!("k{i}"), "old");
@@ -180,7 +207,7 @@ fn lru_evicts_exactly_the_least_recent_key() {
 fn capacity_zero_never_caches() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--capacity", "0", "--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--capacity", "0", "--ttl", "0"]);
     let mut c = proxy.connect();
     redis.set("k", "1");
     c.roundtrip(&["GET", "k"], &bulk("1"));
@@ -197,7 +224,7 @@ fn capacity_zero_never_caches() {
 fn nil_replies_are_cached() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--ttl", "0"]);
     let mut c = proxy.connect();
     c.roundtrip(&["GET", "later"], NIL);
     redis.set("later", "exists now");
@@ -208,7 +235,7 @@ fn nil_replies_are_cached() {
 fn error_replies_are_never_cached() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--ttl", "0"]);
     let mut c = proxy.connect();
     redis.raw(&["RPUSH", "x", "item"]);
     let wrongtype = redis.raw(&["GET", "x"]);
@@ -227,7 +254,7 @@ fn error_replies_are_never_cached() {
 fn the_cache_is_shared_between_clients() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--ttl", "0"]);
     redis.set("s", "first");
     let mut a = proxy.connect();
     a.roundtrip(&["GET", "s"], &bulk("first"));
@@ -244,7 +271,7 @@ fn the_cache_is_shared_between_clients() {
 fn get_is_cached_whatever_its_spelling() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--ttl", "0"]);
     redis.set("sp", "cached");
     let mut c = proxy.connect();
     c.send(b"GET sp\n"); // inline request fills the cache
@@ -261,7 +288,7 @@ fn get_is_cached_whatever_its_spelling() {
 fn only_get_is_cached() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--ttl", "0"]);
     redis.set("o", "one");
     redis.raw(&["HSET", "h", "f", "one"]);
     let mut c = proxy.connect();
@@ -283,7 +310,7 @@ fn only_get_is_cached() {
 fn concurrent_misses_of_one_key() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();
-    let proxy = Sidecache::start(redis.port(), &["--ttl", "0"]);
+    let proxy = start_ttl_only(redis.port(), &["--ttl", "0"]);
     redis.set("hot", "v1");
     let mut a = proxy.connect();
     let mut b = proxy.connect();
