@@ -168,6 +168,10 @@ impl<T> Backend<T> {
         matches!(self.state, State::Ready { .. })
     }
 
+    pub fn is_off(&self) -> bool {
+        matches!(self.state, State::Off)
+    }
+
     pub fn is_connecting(&self) -> bool {
         matches!(self.state, State::Connecting { .. })
     }

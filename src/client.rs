@@ -6,7 +6,7 @@
 //! gone out. This module never decides what a request means and never
 //! talks to Redis; the server does both.
 
-use crate::resp::{ProtocolError, Request, RequestParser};
+use crate::resp::{Protocol, ProtocolError, Request, RequestParser};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -43,6 +43,12 @@ pub struct Client {
     /// that tells a reused slab slot from the client that held it before.
     pub id: u64,
     pub phase: Phase,
+    /// The protocol its replies are in; requests go to the data connection of this protocol.
+    pub protocol: Protocol,
+    /// Set when the client switched protocol with replies still owed: its
+    /// next requests wait until those are answered, since they would go
+    /// to another connection and could otherwise run before them.
+    switching: bool,
     pub input: Input,
     pub replies: Replies,
     /// Readable readiness seen and not yet used up (edge-triggered: cleared
@@ -61,6 +67,8 @@ impl Client {
             stream,
             id,
             phase: Phase::Open,
+            protocol: Protocol::Resp2,
+            switching: false,
             input: Input::default(),
             replies: Replies::default(),
             readable: false,
@@ -72,10 +80,20 @@ impl Client {
     }
 
     /// Whether the client is below its limits and may have more requests read.
-    pub fn can_take_more(&self) -> bool {
+    pub fn can_take_more(&mut self) -> bool {
+        if self.switching && self.replies.slots.is_empty() {
+            self.switching = false;
+        }
         self.phase == Phase::Open
+            && !self.switching
             && self.replies.slots.len() < MAX_PENDING_REPLIES
             && self.replies.unsent() < OUTPUT_HIGH_WATER
+    }
+
+    /// Switches the protocol of the replies to come.
+    pub fn switch_protocol(&mut self, protocol: Protocol) {
+        self.protocol = protocol;
+        self.switching = !self.replies.slots.is_empty();
     }
 
     /// Whether the connection has nothing more to do and can be closed.

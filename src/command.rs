@@ -6,6 +6,8 @@
 //! looks at argument bytes only and never touches a socket or the cache.
 //! The README's command table mirrors this file.
 
+use crate::resp::Protocol;
+
 /// What to do with one request. Positions refer to the request's arguments.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
@@ -21,8 +23,14 @@ pub enum Action {
     Quit,
     /// `SELECT 0`: the only database served.
     SelectZero,
-    /// `HELLO [2] [SETNAME name]`: answer in RESP2; `setname` is the name's position.
-    Hello { setname: Option<usize> },
+    /// `HELLO [2|3] [AUTH user pass] [SETNAME name]`: switch to `protocol`
+    /// if given, answer in the connection's protocol; `setname` is the
+    /// name's position. Credentials are not checked: sidecache has no
+    /// client authentication yet, so it behaves as a Redis without a password.
+    Hello {
+        protocol: Option<Protocol>,
+        setname: Option<usize>,
+    },
     /// `CLIENT SETNAME name`.
     ClientSetName,
     /// `CLIENT GETNAME`.
@@ -117,26 +125,21 @@ fn select(db: &[u8]) -> Action {
 }
 
 fn hello<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
+    let mut protocol = None;
     if argc >= 2 {
         let version = std::str::from_utf8(arg(1))
             .ok()
             .and_then(|s| s.parse::<i64>().ok());
-        match version {
+        protocol = match version {
             None => {
                 return Action::Error(
                     "ERR Protocol version is not an integer or out of range".into(),
                 )
             }
-            Some(2) => {}
-            Some(3) => {
-                return Action::Error(
-                    "NOPROTO sidecache speaks RESP2 only for now; connect with protocol 2 \
-                     (redis-py: protocol=2)"
-                        .into(),
-                )
-            }
+            Some(2) => Some(Protocol::Resp2),
+            Some(3) => Some(Protocol::Resp3),
             Some(_) => return Action::Error("NOPROTO unsupported protocol version".into()),
-        }
+        };
     }
     let mut setname = None;
     let mut i = 2;
@@ -144,9 +147,7 @@ fn hello<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
         let option = arg(i).to_ascii_uppercase();
         let remaining = argc - i - 1;
         match option.as_slice() {
-            b"AUTH" if remaining >= 2 => {
-                return refuse(b"hello auth", "authentication is not supported yet")
-            }
+            b"AUTH" if remaining >= 2 => i += 3,
             b"SETNAME" if remaining >= 1 => {
                 if let Some(error) = invalid_name(arg(i + 1), "Client names") {
                     return error;
@@ -162,7 +163,7 @@ fn hello<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
             }
         }
     }
-    Action::Hello { setname }
+    Action::Hello { protocol, setname }
 }
 
 fn client<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
@@ -263,9 +264,22 @@ mod tests {
         assert_eq!(of("ECHO x"), Action::Echo);
         assert_eq!(of("QUIT"), Action::Quit);
         assert_eq!(of("SELECT 0"), Action::SelectZero);
-        assert_eq!(of("HELLO"), Action::Hello { setname: None });
-        assert_eq!(of("HELLO 2"), Action::Hello { setname: None });
-        assert_eq!(of("HELLO 2 SETNAME me"), Action::Hello { setname: Some(3) });
+        let hello = |protocol, setname| Action::Hello { protocol, setname };
+        assert_eq!(of("HELLO"), hello(None, None));
+        assert_eq!(of("HELLO 2"), hello(Some(Protocol::Resp2), None));
+        assert_eq!(of("HELLO 3"), hello(Some(Protocol::Resp3), None));
+        assert_eq!(
+            of("HELLO 2 SETNAME me"),
+            hello(Some(Protocol::Resp2), Some(3))
+        );
+        assert_eq!(
+            of("HELLO 3 AUTH default secret SETNAME me"),
+            hello(Some(Protocol::Resp3), Some(6))
+        );
+        assert_eq!(
+            error_of("HELLO 3 AUTH default"),
+            "ERR Syntax error in HELLO option 'AUTH'"
+        );
         assert_eq!(of("CLIENT SETNAME me"), Action::ClientSetName);
         assert_eq!(of("client getname"), Action::ClientGetName);
         assert_eq!(of("CLIENT ID"), Action::ClientId);
@@ -289,7 +303,6 @@ mod tests {
             error_of("select"),
             "ERR wrong number of arguments for 'select' command"
         );
-        assert!(error_of("HELLO 3").starts_with("NOPROTO "));
         assert_eq!(error_of("HELLO 4"), "NOPROTO unsupported protocol version");
         assert_eq!(
             error_of("HELLO x"),
@@ -357,7 +370,6 @@ mod tests {
             "CLIENT KILL ID 1",
             "CLIENT TRACKING ON",
             "CLIENT REPLY OFF",
-            "HELLO 2 AUTH user pass",
         ] {
             let e = error_of(line);
             let name = line.split(' ').next().unwrap().to_ascii_lowercase();

@@ -651,6 +651,34 @@ impl ReplyFramer {
     }
 }
 
+/// The protocol a client speaks, chosen with HELLO: RESP2 until it says `HELLO 3`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Protocol {
+    #[default]
+    Resp2,
+    Resp3,
+}
+
+/// A nil: `$-1` in RESP2, `_` in RESP3.
+pub fn null(out: &mut Vec<u8>, protocol: Protocol) {
+    out.extend_from_slice(null_reply(protocol));
+}
+
+pub fn null_reply(protocol: Protocol) -> &'static [u8] {
+    match protocol {
+        Protocol::Resp2 => b"$-1\r\n",
+        Protocol::Resp3 => b"_\r\n",
+    }
+}
+
+/// A map of `n` pairs: `%<n>` in RESP3, a flat array of `2n` in RESP2.
+pub fn map_header(out: &mut Vec<u8>, n: usize, protocol: Protocol) {
+    match protocol {
+        Protocol::Resp2 => array_header(out, 2 * n),
+        Protocol::Resp3 => length_header(out, b'%', n),
+    }
+}
+
 /// `+<s>\r\n`
 pub fn simple(out: &mut Vec<u8>, s: &[u8]) {
     out.push(b'+');

@@ -11,10 +11,16 @@
 //! client id, so a reply owed to a departed client is dropped, never given
 //! to the next tenant of its slot.
 //!
-//! The cache serves only while it can be kept coherent: the data
-//! connection is up with Redis's command table loaded (to see which keys a
-//! forwarded write touches) and, when tracking is in use, the invalidation
-//! connection is subscribed and tracking is on for the data connection.
+//! There is one data connection per protocol in use: RESP2 from the start,
+//! RESP3 once a client says `HELLO 3`, so every client gets exactly the
+//! bytes Redis sends a client of its protocol. A client that switches
+//! protocol waits until its requests on the other connection are answered,
+//! so its requests still run in the order it sent them.
+//!
+//! The cache serves only while it can be kept coherent: Redis's command
+//! table is loaded (to see which keys a forwarded write touches) and, when
+//! tracking is in use, the invalidation connection is subscribed. A GET may
+//! fill the cache only through a data connection whose reads Redis tracks.
 
 use crate::backend::{info_field, Backend, Progress};
 use crate::cache::{Cache, FillTicket};
@@ -23,11 +29,12 @@ use crate::command::{self, Action, LibAttr};
 use crate::config::{Config, TrackingMode};
 use crate::keys::{CommandTable, Writes};
 use crate::log;
+use crate::resp::Protocol;
 use crate::resp::{self, Request, Value};
 use crate::tracking::{self, Incoming};
 use anyhow::{anyhow, Context};
 use mio::net::TcpListener;
-use mio::{Events, Interest, Poll, Token};
+use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
@@ -36,11 +43,22 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
-const DATA: Token = Token(1);
-const INVALIDATION: Token = Token(2);
-const SIGNALS: Token = Token(3);
+const DATA_RESP2: Token = Token(1);
+const DATA_RESP3: Token = Token(2);
+const INVALIDATION: Token = Token(3);
+const SIGNALS: Token = Token(4);
 /// Client tokens are slab keys shifted past the fixed tokens.
-const FIRST_CLIENT: usize = 4;
+const FIRST_CLIENT: usize = 5;
+
+const PROTOCOLS: [Protocol; 2] = [Protocol::Resp2, Protocol::Resp3];
+
+/// Index of a protocol's data connection.
+fn conn(protocol: Protocol) -> usize {
+    match protocol {
+        Protocol::Resp2 => 0,
+        Protocol::Resp3 => 1,
+    }
+}
 
 /// How long shutdown waits for owed replies to go out.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -60,11 +78,15 @@ enum DataRequest {
     /// A client's request: the reply goes to slot `seq` of client `id`,
     /// which lived in slab slot `key` when the request was sent.
     /// `fills` marks a GET miss whose reply the following `Fill` may store.
+    /// `rewrites` holds what a write touches, to drop from the cache again
+    /// when its reply arrives: a GET sent on the other data connection may
+    /// have run before the write although it was sent after it.
     Client {
         key: usize,
         id: u64,
         seq: u64,
         fills: bool,
+        rewrites: Option<Box<Rewrites>>,
     },
     /// The PTTL sent right after a GET miss: it completes the fill, so a
     /// cached value never outlives the key's own expiry.
@@ -73,12 +95,21 @@ enum DataRequest {
         ticket: FillTicket,
         sent_at: Instant,
     },
+    /// `HELLO 3`, first on the RESP3 data connection.
+    Hello,
     SetName,
     ServerInfo,
     CommandTable,
     TrackingOn {
         redirect: i64,
     },
+}
+
+/// The keys a forwarded write touches, or all of them.
+#[derive(Debug)]
+enum Rewrites {
+    Keys(Vec<Box<[u8]>>),
+    Everything,
 }
 
 /// sidecache's own requests on the invalidation connection.
@@ -98,8 +129,8 @@ struct Tracking {
     /// CLIENT ID of the invalidation connection, once known.
     client_id: Option<i64>,
     subscribed: bool,
-    /// Redis acknowledged tracking on the data connection, redirected to `client_id`.
-    on: bool,
+    /// Per data connection: Redis acknowledged tracking, redirected to `client_id`.
+    on: [bool; 2],
     ping_sent_at: Option<Instant>,
     next_ping_at: Option<Instant>,
 }
@@ -112,10 +143,31 @@ impl Tracking {
 
 /// What a request's execution needs besides its client.
 struct Proxy {
-    data: Backend<DataRequest>,
+    registry: Registry,
+    /// One data connection per protocol, indexed by [`conn`].
+    data: [Backend<DataRequest>; 2],
+    /// Per data connection: a GET sent on it may fill the cache.
+    fills_allowed: [bool; 2],
     cache: Cache,
     commands: Option<CommandTable>,
     redis_version: Option<String>,
+    /// A data connection `open` started, for the server to ask for tracking on it.
+    opened: Option<Protocol>,
+}
+
+impl Proxy {
+    /// Opens the RESP3 data connection on first need, at once, so that
+    /// requests can queue on it while it connects.
+    fn open(&mut self, protocol: Protocol, now: Instant) {
+        let data = &mut self.data[conn(protocol)];
+        if data.is_off() {
+            data.turn_on(now);
+            if data.connect(&self.registry, now).is_ok() {
+                data_handshake(data, protocol);
+                self.opened = Some(protocol);
+            }
+        }
+    }
 }
 
 pub struct Server {
@@ -127,9 +179,9 @@ pub struct Server {
     proxy: Proxy,
     invalidation: Backend<InvalidationRequest>,
     tracking: Tracking,
-    /// The GET reply of a fill, kept until its PTTL answers; `None` inside
-    /// when the GET's reply was not a value.
-    fill_reply: Option<Option<Box<[u8]>>>,
+    /// Per data connection: the GET reply of a fill, kept until its PTTL
+    /// answers; `None` inside when the GET's reply was not a value.
+    fill_reply: [Option<Option<Box<[u8]>>>; 2],
     next_client_id: u64,
     /// Clients with new output, written at the end of the turn.
     to_flush: Vec<usize>,
@@ -162,6 +214,9 @@ impl Server {
         if config.tracking == TrackingMode::Off || config.capacity == 0 {
             invalidation.turn_off(poll.registry(), now);
         }
+        let mut data_resp3 = Backend::new("data (RESP3)", config.redis, DATA_RESP3, now);
+        data_resp3.turn_off(poll.registry(), now);
+        let registry = poll.registry().try_clone()?;
         Ok(Server {
             poll,
             listener: Some(listener),
@@ -169,10 +224,16 @@ impl Server {
             signals,
             clients: Slab::new(),
             proxy: Proxy {
-                data: Backend::new("data", config.redis, DATA, now),
+                registry,
+                data: [
+                    Backend::new("data", config.redis, DATA_RESP2, now),
+                    data_resp3,
+                ],
+                fills_allowed: [false; 2],
                 cache: Cache::new(config.capacity, config.ttl),
                 commands: None,
                 redis_version: None,
+                opened: None,
             },
             invalidation,
             tracking: Tracking {
@@ -180,11 +241,11 @@ impl Server {
                 supported: None,
                 client_id: None,
                 subscribed: false,
-                on: false,
+                on: [false; 2],
                 ping_sent_at: None,
                 next_ping_at: None,
             },
-            fill_reply: None,
+            fill_reply: [None, None],
             next_client_id: 1,
             to_flush: Vec::new(),
             to_resume: Vec::new(),
@@ -205,7 +266,7 @@ impl Server {
             "sidecache {} listening on {}, backing Redis at {}",
             env!("CARGO_PKG_VERSION"),
             self.local_addr,
-            self.proxy.data.addr()
+            self.proxy.data[0].addr()
         );
         let mut events = Events::with_capacity(1024);
         loop {
@@ -223,7 +284,12 @@ impl Server {
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    DATA => self.data_ready(event.is_readable(), event.is_writable()),
+                    DATA_RESP2 => {
+                        self.data_ready(Protocol::Resp2, event.is_readable(), event.is_writable())
+                    }
+                    DATA_RESP3 => {
+                        self.data_ready(Protocol::Resp3, event.is_readable(), event.is_writable())
+                    }
                     INVALIDATION => {}
                     SIGNALS => self.signalled(),
                     Token(token) => self.client_ready(
@@ -272,7 +338,8 @@ impl Server {
             None => self.tracking.next_ping_at,
         };
         let deadlines = [
-            self.proxy.data.next_deadline(),
+            self.proxy.data[0].next_deadline(),
+            self.proxy.data[1].next_deadline(),
             self.invalidation.next_deadline(),
             keepalive,
             self.shutdown_deadline,
@@ -408,6 +475,9 @@ impl Server {
                 }
             }
         }
+        if let Some(protocol) = self.proxy.opened.take() {
+            self.enable_tracking_on(protocol);
+        }
         if replied {
             self.queue_flush(key);
         }
@@ -463,19 +533,20 @@ impl Server {
         self.to_remove.push(key);
     }
 
-    // ---- the data connection -------------------------------------------
+    // ---- the data connections ------------------------------------------
 
-    fn data_ready(&mut self, readable: bool, writable: bool) {
+    fn data_ready(&mut self, protocol: Protocol, readable: bool, writable: bool) {
         let now = Instant::now();
-        if self.proxy.data.is_connecting() {
-            match self.proxy.data.poll_connect() {
+        let data = &mut self.proxy.data[conn(protocol)];
+        if data.is_connecting() {
+            match data.poll_connect() {
                 Ok(Progress::Connected) => {
-                    log!("connected to Redis at {}", self.proxy.data.addr());
+                    log!("connected to Redis at {} ({})", data.addr(), data.role);
                     self.connect_failures = 0;
                 }
                 Ok(Progress::Unchanged) => return,
                 Err(e) => {
-                    self.data_lost(&format!("cannot connect: {e}"), now);
+                    self.data_lost(protocol, &format!("cannot connect: {e}"), now);
                     return;
                 }
             }
@@ -484,73 +555,74 @@ impl Server {
             self.flush_data();
         }
         if readable {
-            self.read_data(now);
+            self.read_data(protocol, now);
         }
     }
 
-    /// Queues what every new data connection starts with, ahead of any
-    /// client request: its name, the server's version, the command table,
-    /// and tracking if the invalidation connection is ready for it.
-    fn data_handshake(&mut self) {
-        let data = &mut self.proxy.data;
-        data.queue(DataRequest::SetName, |out| {
-            resp::command(
-                out,
-                &[&b"CLIENT"[..], b"SETNAME", tracking::DATA_CONNECTION_NAME],
-            )
-        });
-        data.queue(DataRequest::ServerInfo, |out| {
-            resp::command(out, &["INFO", "server"])
-        });
-        data.queue(DataRequest::CommandTable, |out| {
-            resp::command(out, &["COMMAND"])
-        });
-        self.enable_tracking();
+    /// Asks Redis to track the reads of every data connection that can
+    /// take requests, redirected to the invalidation connection, once that
+    /// is subscribed.
+    fn enable_tracking(&mut self) {
+        for protocol in PROTOCOLS {
+            self.enable_tracking_on(protocol);
+        }
     }
 
-    /// Asks Redis to track the data connection's reads, redirected to the
-    /// invalidation connection, when both are ready for it.
-    fn enable_tracking(&mut self) {
+    fn enable_tracking_on(&mut self, protocol: Protocol) {
         let (Some(redirect), true) = (self.tracking.client_id, self.tracking.subscribed) else {
             return;
         };
-        if !self.tracking.wanted() || !self.proxy.data.accepts_requests() {
+        let data = &mut self.proxy.data[conn(protocol)];
+        if !self.tracking.wanted() || !data.accepts_requests() {
             return;
         }
         let id = redirect.to_string();
-        self.proxy
-            .data
-            .queue(DataRequest::TrackingOn { redirect }, |out| {
-                resp::command(out, &["CLIENT", "TRACKING", "ON", "REDIRECT", &id])
-            });
+        data.queue(DataRequest::TrackingOn { redirect }, |out| {
+            resp::command(out, &["CLIENT", "TRACKING", "ON", "REDIRECT", &id])
+        });
     }
 
-    fn read_data(&mut self, now: Instant) {
+    fn read_data(&mut self, protocol: Protocol, now: Instant) {
+        let c = conn(protocol);
         loop {
-            let more = match self.proxy.data.read() {
+            let more = match self.proxy.data[c].read() {
                 Ok(more) => more,
                 Err(e) => {
-                    self.data_lost(&e.to_string(), now);
+                    self.data_lost(protocol, &e.to_string(), now);
                     return;
                 }
             };
             loop {
-                let next = match self.proxy.data.next_frame() {
-                    Ok(Some(len)) => self.proxy.data.pop_in_flight().map(|r| (r, len)),
+                let data = &mut self.proxy.data[c];
+                let len = match data.next_frame() {
+                    Ok(Some(len)) => len,
                     Ok(None) => break,
-                    Err(desync) => Err(desync),
+                    Err(desync) => {
+                        self.data_lost(protocol, &desync.to_string(), now);
+                        return;
+                    }
                 };
-                match next {
-                    Ok((request, len)) => {
-                        self.data_reply(request, len, now);
-                        self.proxy.data.consume(len);
+                // RESP3 push frames are not replies: nothing waits for them.
+                if data.reply(len).first() == Some(&b'>') {
+                    let push = resp::parse_value(data.reply(len));
+                    data.consume(len);
+                    self.data_push(protocol, push, now);
+                    if !self.proxy.data[c].is_ready() {
+                        return;
+                    }
+                    continue;
+                }
+                match data.pop_in_flight() {
+                    Ok(request) => {
+                        self.data_reply(protocol, request, len, now);
+                        self.proxy.data[c].consume(len);
                     }
                     Err(desync) => {
-                        self.data_lost(&desync.to_string(), now);
+                        self.data_lost(protocol, &desync.to_string(), now);
                         return;
                     }
                 }
-                if self.fatal.is_some() {
+                if self.fatal.is_some() || !self.proxy.data[c].is_ready() {
                     return;
                 }
             }
@@ -560,21 +632,54 @@ impl Server {
         }
     }
 
-    /// Acts on the reply of `len` bytes at the front of the data connection's input.
-    fn data_reply(&mut self, request: DataRequest, len: usize, now: Instant) {
-        let reply = self.proxy.data.reply(len);
+    /// A push on a RESP3 data connection. With tracking redirected, the one
+    /// Redis sends is `tracking-redir-broken`: the invalidation connection
+    /// is gone, so invalidations may have been lost.
+    fn data_push(
+        &mut self,
+        protocol: Protocol,
+        push: Result<Value, resp::FrameError>,
+        now: Instant,
+    ) {
+        let kind = push
+            .as_ref()
+            .ok()
+            .and_then(|v| v.as_array())
+            .and_then(|items| items.first())
+            .and_then(|kind| kind.as_bytes().map(<[u8]>::to_vec));
+        if kind.as_deref() == Some(b"tracking-redir-broken") {
+            self.invalidation_lost("Redis reports the tracking redirect broken", now);
+        } else if push.is_err() {
+            self.data_lost(protocol, "malformed push from Redis", now);
+        }
+    }
+
+    /// Acts on the reply of `len` bytes at the front of a data connection's input.
+    fn data_reply(&mut self, protocol: Protocol, request: DataRequest, len: usize, now: Instant) {
+        let c = conn(protocol);
+        let reply = self.proxy.data[c].reply(len);
         match request {
             DataRequest::Client {
                 key,
                 id,
                 seq,
                 fills,
+                rewrites,
             } => {
                 if fills {
-                    // Bulk strings and nils are values; errors are never cached.
-                    let value = reply.first() == Some(&b'$');
-                    self.fill_reply = Some(value.then(|| Box::from(reply)));
+                    self.fill_reply[c] = Some(cacheable_value(reply));
                 }
+                if let Some(rewrites) = rewrites {
+                    match *rewrites {
+                        Rewrites::Keys(keys) => {
+                            for key in keys {
+                                self.proxy.cache.invalidate(&key);
+                            }
+                        }
+                        Rewrites::Everything => self.proxy.cache.clear(),
+                    }
+                }
+                let reply = self.proxy.data[c].reply(len);
                 let Some(client) = self.clients.get_mut(key) else {
                     return;
                 };
@@ -589,12 +694,18 @@ impl Server {
                 ticket,
                 sent_at,
             } => {
-                let value = self.fill_reply.take().flatten();
+                let value = self.fill_reply[c].take().flatten();
                 let pttl = resp::parse_value(reply).ok().and_then(|v| v.as_integer());
                 let (value, expires_at) = fill_expiry(value.as_deref(), pttl, sent_at);
                 self.proxy
                     .cache
                     .complete_fill(&key, ticket, value, expires_at, now);
+            }
+            DataRequest::Hello => {
+                if reply.first() == Some(&b'-') {
+                    let error = String::from_utf8_lossy(reply).trim_end().to_string();
+                    self.data_lost(protocol, &format!("Redis refused HELLO 3: {error}"), now);
+                }
             }
             DataRequest::SetName => {}
             DataRequest::ServerInfo => {
@@ -605,7 +716,7 @@ impl Server {
                         String::from_utf8_lossy(reply).trim_end()
                     );
                 } else {
-                    self.proxy.data.reset_backoff();
+                    self.proxy.data[c].reset_backoff();
                 }
             }
             DataRequest::CommandTable => {
@@ -618,45 +729,49 @@ impl Server {
                 }
                 self.update_serving();
             }
-            DataRequest::TrackingOn { redirect } => {
-                let reply = resp::parse_value(reply);
-                match reply {
-                    Ok(Value::Simple(_)) => {
-                        if self.tracking.client_id == Some(redirect) && self.tracking.subscribed {
-                            self.tracking.on = true;
-                            self.tracking.supported = Some(true);
-                            log!("client tracking is on: the cache follows writes made to Redis by anyone");
-                            self.update_serving();
-                        }
+            DataRequest::TrackingOn { redirect } => match resp::parse_value(reply) {
+                Ok(Value::Simple(_)) => {
+                    if self.tracking.client_id == Some(redirect) && self.tracking.subscribed {
+                        self.tracking.on[c] = true;
+                        self.tracking.supported = Some(true);
+                        self.update_serving();
                     }
-                    Ok(Value::Error(e)) => self.tracking_refused(&e, now),
-                    _ => self.data_lost("unexpected reply to CLIENT TRACKING", now),
                 }
-            }
+                Ok(Value::Error(e)) => self.tracking_refused(&e, now),
+                _ => self.data_lost(protocol, "unexpected reply to CLIENT TRACKING", now),
+            },
         }
     }
 
     fn flush_data(&mut self) {
-        if !self.proxy.data.has_output() {
-            return;
-        }
-        if let Err(e) = self.proxy.data.flush() {
-            self.data_lost(&e.to_string(), Instant::now());
+        for protocol in PROTOCOLS {
+            let data = &mut self.proxy.data[conn(protocol)];
+            if !data.has_output() {
+                continue;
+            }
+            if let Err(e) = data.flush() {
+                self.data_lost(protocol, &e.to_string(), Instant::now());
+            }
         }
     }
 
-    /// One rule for every way the data connection ends: fail each request
-    /// in flight, in order; forget the cache, the command table and
-    /// tracking (Redis forgets what this connection read); retry later.
-    fn data_lost(&mut self, why: &str, now: Instant) {
-        let was_ready = self.proxy.data.is_ready();
-        let failed = self.proxy.data.lose(self.poll.registry(), now);
-        self.proxy.commands = None;
-        self.tracking.on = false;
-        self.fill_reply = None;
+    /// One rule for every way a data connection ends: fail each request in
+    /// flight, in order; forget the cache (Redis forgets what this
+    /// connection read, so no invalidation would come for it); retry later.
+    fn data_lost(&mut self, protocol: Protocol, why: &str, now: Instant) {
+        let c = conn(protocol);
+        let data = &mut self.proxy.data[c];
+        let was_ready = data.is_ready();
+        let failed = data.lose(self.poll.registry(), now);
+        self.tracking.on[c] = false;
+        self.fill_reply[c] = None;
+        self.proxy.cache.clear();
         self.update_serving();
         if was_ready {
-            log!("lost the connection to Redis: {why}");
+            log!(
+                "lost the connection to Redis ({}): {why}",
+                self.proxy.data[c].role
+            );
             self.connect_failures = 0;
         } else {
             self.log_connect_failure(why);
@@ -678,7 +793,7 @@ impl Server {
         if self.connect_failures % 30 == 0 {
             log!(
                 "Redis at {} is unreachable ({} attempt(s)): {why}",
-                self.proxy.data.addr(),
+                self.proxy.data[0].addr(),
                 self.connect_failures + 1
             );
         }
@@ -809,7 +924,7 @@ impl Server {
             self.fatal = Some(anyhow!(
                 "--tracking on, but Redis at {} cannot track keys ({error}); \
                  use --tracking auto or off to cache by TTL only",
-                self.proxy.data.addr()
+                self.proxy.data[0].addr()
             ));
             return;
         }
@@ -848,20 +963,25 @@ impl Server {
     fn reset_tracking(&mut self) {
         self.tracking.client_id = None;
         self.tracking.subscribed = false;
-        self.tracking.on = false;
+        self.tracking.on = [false; 2];
         self.tracking.ping_sent_at = None;
         self.tracking.next_ping_at = None;
     }
 
     /// Serves from the cache exactly while it can be kept coherent.
     fn update_serving(&mut self) {
+        let tracking_needed = self.tracking.wanted();
+        for c in 0..2 {
+            self.proxy.fills_allowed[c] =
+                self.proxy.data[c].is_ready() && (!tracking_needed || self.tracking.on[c]);
+        }
         let serving = self.proxy.commands.is_some()
-            && self.proxy.data.is_ready()
-            && (!self.tracking.wanted() || self.tracking.on);
+            && (!tracking_needed || self.tracking.subscribed)
+            && self.proxy.fills_allowed.contains(&true);
         let cache = &mut self.proxy.cache;
         if serving != cache.is_serving() && cache.is_enabled() {
             if serving {
-                let how = if self.tracking.on {
+                let how = if tracking_needed {
                     "kept coherent by client tracking"
                 } else {
                     "entries live up to --ttl"
@@ -876,17 +996,23 @@ impl Server {
 
     fn run_timers(&mut self, now: Instant) {
         let stopping = self.shutdown_deadline.is_some();
-        match self.proxy.data.next_deadline() {
-            Some(due) if now >= due && self.proxy.data.is_connecting() => {
-                self.data_lost("connect timed out", now);
-            }
-            Some(due) if now >= due && !stopping => {
-                match self.proxy.data.connect(self.poll.registry(), now) {
-                    Ok(()) => self.data_handshake(),
-                    Err(e) => self.log_connect_failure(&e.to_string()),
+        for protocol in PROTOCOLS {
+            let data = &mut self.proxy.data[conn(protocol)];
+            match data.next_deadline() {
+                Some(due) if now >= due && data.is_connecting() => {
+                    self.data_lost(protocol, "connect timed out", now);
                 }
+                Some(due) if now >= due && !stopping => {
+                    match data.connect(self.poll.registry(), now) {
+                        Ok(()) => {
+                            data_handshake(data, protocol);
+                            self.enable_tracking_on(protocol);
+                        }
+                        Err(e) => self.log_connect_failure(&e.to_string()),
+                    }
+                }
+                _ => {}
             }
-            _ => {}
         }
         match self.invalidation.next_deadline() {
             Some(due) if now >= due && self.invalidation.is_connecting() => {
@@ -965,29 +1091,50 @@ fn fill_expiry(
 fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy, now: Instant) {
     let input = client.input.pending();
     let arg = |i: usize| request.arg(input, i).unwrap_or_default();
-    let replies = &mut client.replies;
+    let protocol = client.protocol;
     let mut out = Vec::new();
     match command::classify(request.argc(), arg) {
         Action::Get => {
             if let Some(hit) = proxy.cache.get(arg(1), now) {
-                replies.push_shared(hit);
+                // One entry serves both protocols: only a nil is spelled differently.
+                if protocol == Protocol::Resp3 && *hit == *resp::null_reply(Protocol::Resp2) {
+                    client.replies.push(resp::null_reply(Protocol::Resp3));
+                } else {
+                    client.replies.push_shared(hit);
+                }
                 return;
             }
-            forward(replies, key, client.id, request, input, proxy, true, now);
+            let target = Target::new(&mut client.replies, key, client.id, protocol);
+            forward(target, request, input, proxy, Forward::Get, now);
             return;
         }
         Action::Forward => {
             // Read-your-writes: the keys a write touches leave the cache
             // before the write is sent, and so do fills of GETs sent before it.
+            let mut rewrites = None;
             if let Some(commands) = &proxy.commands {
                 let cache = &mut proxy.cache;
-                if commands.writes(request.argc(), arg, |i| cache.invalidate(arg(i)))
-                    == Writes::Everything
-                {
-                    cache.clear();
+                // Only while both data connections run can a later GET run
+                // before this write; then the keys are dropped again on its reply.
+                let other = conn(protocol) ^ 1;
+                let mut keep = (!proxy.data[other].is_off()).then(Vec::new);
+                let writes = commands.writes(request.argc(), arg, |i| {
+                    cache.invalidate(arg(i));
+                    if let Some(keep) = keep.as_mut() {
+                        keep.push(Box::from(arg(i)));
+                    }
+                });
+                match writes {
+                    Writes::Nothing => {}
+                    Writes::Keys => rewrites = keep.map(|k| Box::new(Rewrites::Keys(k))),
+                    Writes::Everything => {
+                        cache.clear();
+                        rewrites = keep.map(|_| Box::new(Rewrites::Everything));
+                    }
                 }
             }
-            forward(replies, key, client.id, request, input, proxy, false, now);
+            let target = Target::new(&mut client.replies, key, client.id, protocol);
+            forward(target, request, input, proxy, Forward::Other(rewrites), now);
             return;
         }
         Action::Ping if request.argc() == 1 => resp::simple(&mut out, b"PONG"),
@@ -997,11 +1144,25 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
             client.phase = Phase::Draining;
         }
         Action::SelectZero => resp::simple(&mut out, b"OK"),
-        Action::Hello { setname } => {
+        Action::Hello {
+            protocol: new_protocol,
+            setname,
+        } => {
             if let Some(i) = setname {
                 client.name = non_empty(arg(i));
             }
-            hello_reply(&mut out, client.id, proxy.redis_version.as_deref());
+            if let Some(new_protocol) = new_protocol {
+                if new_protocol != protocol {
+                    client.switch_protocol(new_protocol);
+                    proxy.open(new_protocol, now);
+                }
+            }
+            hello_reply(
+                &mut out,
+                client.id,
+                client.protocol,
+                proxy.redis_version.as_deref(),
+            );
         }
         Action::ClientSetName => {
             client.name = non_empty(arg(2));
@@ -1009,7 +1170,7 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
         }
         Action::ClientGetName => match &client.name {
             Some(name) => resp::bulk(&mut out, name),
-            None => resp::null_bulk(&mut out),
+            None => resp::null(&mut out, protocol),
         },
         Action::ClientSetInfo(attr) => {
             let value = non_empty(arg(3));
@@ -1025,50 +1186,107 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
     client.replies.push(&out);
 }
 
-/// Queues a request for Redis with a reserved reply slot, or answers at once
-/// that Redis is unavailable. A GET miss (`is_get`) that may fill the cache
-/// is followed by a PTTL of its key, to learn how long the value may live.
-#[allow(clippy::too_many_arguments)]
-fn forward(
-    replies: &mut Replies,
+/// The client a forwarded request's reply goes to.
+struct Target<'a> {
+    replies: &'a mut Replies,
     key: usize,
     id: u64,
+    protocol: Protocol,
+}
+
+impl<'a> Target<'a> {
+    fn new(replies: &'a mut Replies, key: usize, id: u64, protocol: Protocol) -> Self {
+        Target {
+            replies,
+            key,
+            id,
+            protocol,
+        }
+    }
+}
+
+/// What kind of request is forwarded.
+enum Forward {
+    /// A GET miss: it may fill the cache.
+    Get,
+    /// Anything else, with what to drop from the cache again on its reply.
+    Other(Option<Box<Rewrites>>),
+}
+
+/// Queues a request on the data connection of its client's protocol with a
+/// reserved reply slot, or answers at once that Redis is unavailable. A GET
+/// miss that may fill the cache is followed by a PTTL of its key, to learn
+/// how long the value may live.
+fn forward(
+    target: Target<'_>,
     request: &Request,
     input: &[u8],
     proxy: &mut Proxy,
-    is_get: bool,
+    kind: Forward,
     now: Instant,
 ) {
-    if !proxy.data.accepts_requests() {
-        replies.push(BACKEND_UNAVAILABLE);
+    let c = conn(target.protocol);
+    if !proxy.data[c].accepts_requests() {
+        target.replies.push(BACKEND_UNAVAILABLE);
         return;
     }
-    let seq = replies.reserve();
+    let seq = target.replies.reserve();
     let cache_key = request.arg(input, 1).unwrap_or_default();
-    let ticket = if is_get {
-        proxy.cache.fill_ticket(cache_key)
-    } else {
-        None
+    let (ticket, rewrites) = match kind {
+        Forward::Get if proxy.fills_allowed[c] => (proxy.cache.fill_ticket(cache_key), None),
+        Forward::Get => (None, None),
+        Forward::Other(rewrites) => (None, rewrites),
     };
-    let fills = ticket.is_some();
-    proxy.data.queue(
-        DataRequest::Client {
-            key,
-            id,
-            seq,
-            fills,
-        },
-        |out| request.write_wire(input, out),
-    );
+    let entry = DataRequest::Client {
+        key: target.key,
+        id: target.id,
+        seq,
+        fills: ticket.is_some(),
+        rewrites,
+    };
+    let data = &mut proxy.data[c];
+    data.queue(entry, |out| request.write_wire(input, out));
     if let Some(ticket) = ticket {
         let fill = DataRequest::Fill {
             key: Box::from(cache_key),
             ticket,
             sent_at: now,
         };
-        proxy
-            .data
-            .queue(fill, |out| resp::command(out, &[&b"PTTL"[..], cache_key]));
+        data.queue(fill, |out| resp::command(out, &[&b"PTTL"[..], cache_key]));
+    }
+}
+
+/// Queues what every new data connection starts with, ahead of any client
+/// request: the protocol, its name, the server's version and the command
+/// table. Tracking follows once the invalidation connection is ready.
+fn data_handshake(data: &mut Backend<DataRequest>, protocol: Protocol) {
+    let name = match protocol {
+        Protocol::Resp2 => tracking::DATA_CONNECTION_NAME,
+        Protocol::Resp3 => tracking::DATA_RESP3_CONNECTION_NAME,
+    };
+    if protocol == Protocol::Resp3 {
+        data.queue(DataRequest::Hello, |out| {
+            resp::command(out, &["HELLO", "3"])
+        });
+    }
+    data.queue(DataRequest::SetName, |out| {
+        resp::command(out, &[&b"CLIENT"[..], b"SETNAME", name])
+    });
+    data.queue(DataRequest::ServerInfo, |out| {
+        resp::command(out, &["INFO", "server"])
+    });
+    data.queue(DataRequest::CommandTable, |out| {
+        resp::command(out, &["COMMAND"])
+    });
+}
+
+/// A GET reply as the cache keeps it, if it is a value: bulk strings as
+/// they are, a RESP3 nil as RESP2's; errors are never cached.
+fn cacheable_value(reply: &[u8]) -> Option<Box<[u8]>> {
+    match reply.first() {
+        Some(b'$') => Some(Box::from(reply)),
+        Some(b'_') => Some(Box::from(resp::null_reply(Protocol::Resp2))),
+        _ => None,
     }
 }
 
@@ -1076,15 +1294,19 @@ fn non_empty(value: &[u8]) -> Option<Box<[u8]>> {
     (!value.is_empty()).then(|| Box::from(value))
 }
 
-/// HELLO's reply in RESP2, field for field as Redis sends it.
-fn hello_reply(out: &mut Vec<u8>, id: u64, redis_version: Option<&str>) {
-    resp::array_header(out, 14);
+/// HELLO's reply, field for field as Redis sends it, in the client's protocol.
+fn hello_reply(out: &mut Vec<u8>, id: u64, protocol: Protocol, redis_version: Option<&str>) {
+    let proto = match protocol {
+        Protocol::Resp2 => 2,
+        Protocol::Resp3 => 3,
+    };
+    resp::map_header(out, 7, protocol);
     resp::bulk(out, b"server");
     resp::bulk(out, b"redis");
     resp::bulk(out, b"version");
     resp::bulk(out, redis_version.unwrap_or("unknown").as_bytes());
     resp::bulk(out, b"proto");
-    resp::integer(out, 2);
+    resp::integer(out, proto);
     resp::bulk(out, b"id");
     resp::integer(out, id as i64);
     resp::bulk(out, b"mode");

@@ -16,6 +16,7 @@ pub const CHANNEL: &[u8] = b"__redis__:invalidate";
 /// The names sidecache gives its own connections, so that they show in
 /// `CLIENT LIST` for what they are.
 pub const DATA_CONNECTION_NAME: &[u8] = b"sidecache-data";
+pub const DATA_RESP3_CONNECTION_NAME: &[u8] = b"sidecache-data-resp3";
 pub const INVALIDATION_CONNECTION_NAME: &[u8] = b"sidecache-invalidation";
 
 /// What one frame from the invalidation connection is.
