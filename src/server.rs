@@ -633,24 +633,27 @@ impl Server {
     }
 
     /// A push on a RESP3 data connection. With tracking redirected, the one
-    /// Redis sends is `tracking-redir-broken`: the invalidation connection
-    /// is gone, so invalidations may have been lost.
+    /// Redis sends is `tracking-redir-broken <id>`: the invalidation
+    /// connection `<id>` is gone, so invalidations may have been lost. Redis
+    /// repeats it for every write while the redirect stays broken, so it
+    /// counts only when it names the invalidation connection in use.
     fn data_push(
         &mut self,
         protocol: Protocol,
         push: Result<Value, resp::FrameError>,
         now: Instant,
     ) {
-        let kind = push
-            .as_ref()
-            .ok()
-            .and_then(|v| v.as_array())
-            .and_then(|items| items.first())
-            .and_then(|kind| kind.as_bytes().map(<[u8]>::to_vec));
-        if kind.as_deref() == Some(b"tracking-redir-broken") {
-            self.invalidation_lost("Redis reports the tracking redirect broken", now);
-        } else if push.is_err() {
+        let Ok(push) = push else {
             self.data_lost(protocol, "malformed push from Redis", now);
+            return;
+        };
+        if let Some([kind, id]) = push.as_array() {
+            if kind.as_bytes() == Some(b"tracking-redir-broken")
+                && id.as_integer().is_some()
+                && id.as_integer() == self.tracking.client_id
+            {
+                self.invalidation_lost("Redis reports the tracking redirect broken", now);
+            }
         }
     }
 
@@ -955,7 +958,11 @@ impl Server {
                 "lost the invalidation connection to Redis: {why}; cache emptied until it is back"
             );
         }
-        self.invalidation.lose(self.poll.registry(), now);
+        // Losing a connection that is already down would only push its
+        // next attempt further out.
+        if self.invalidation.is_ready() || self.invalidation.is_connecting() {
+            self.invalidation.lose(self.poll.registry(), now);
+        }
         self.reset_tracking();
         self.update_serving();
     }

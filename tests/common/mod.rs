@@ -1147,3 +1147,254 @@ pub fn unique(prefix: &str) -> String {
     static N: AtomicU32 = AtomicU32::new(0);
     format!("{prefix}:{}", N.fetch_add(1, Ordering::Relaxed))
 }
+
+// ---------------------------------------------------------------------------
+// Coherence helpers: Redis started with extra arguments, Redis's own view of
+// its clients and command counts, and unread bytes on particular sockets.
+// ---------------------------------------------------------------------------
+
+impl RedisServer {
+    /// Like [`RedisServer::start`], with extra `redis-server` arguments,
+    /// e.g. `["--rename-command", "CLIENT", ""]` for a Redis that cannot
+    /// track clients. Only this first start uses them: a later
+    /// [`RedisServer::launch`] or [`RedisServer::restart`] does not.
+    pub fn start_with_args(extra: &[&str]) -> RedisServer {
+        let mut last_err = String::new();
+        for _ in 0..5 {
+            let mut r = RedisServer::not_started();
+            match r.try_launch_with(extra) {
+                Ok(()) => return r,
+                Err(e) => last_err = e,
+            }
+        }
+        panic!("could not start redis-server {extra:?}: {last_err}");
+    }
+
+    fn try_launch_with(&mut self, extra: &[&str]) -> Result<(), String> {
+        self.starts += 1;
+        let log = self.dir.join(format!("redis-{}.log", self.starts));
+        let child = Command::new(redis_server_path())
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1"])
+            .args(["--save", ""])
+            .args(["--appendonly", "no"])
+            .args(["--daemonize", "no"])
+            .args(["--enable-debug-command", "yes"])
+            .args(["--dir", self.dir.to_str().unwrap()])
+            .args(extra)
+            .stdin(Stdio::null())
+            .stdout(File::create(&log).unwrap())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .map_err(|e| format!("spawn redis-server: {e}"))?;
+        let pid = child.id();
+        self.child = Some(child);
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            if !self.is_running() {
+                let status = self.child.take().unwrap().wait().ok();
+                return Err(format!(
+                    "redis-server exited early ({status:?}); log:\n{}",
+                    fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            if pid_listens_on(pid, self.port) != Some(false) && ping_ok(self.port) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                self.kill();
+                return Err(format!(
+                    "redis-server did not answer PING on port {} within {START_TIMEOUT:?}",
+                    self.port
+                ));
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+/// How many times Redis on `port` has executed `command` (lower case, e.g.
+/// `"get"`), from `INFO commandstats`; 0 before the first call.
+pub fn redis_command_calls(port: u16, command: &str) -> u64 {
+    let mut c = Conn::connect(port);
+    c.send_cmd(&["INFO", "commandstats"]);
+    let info = match c.read_reply() {
+        Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("INFO commandstats on port {port}: {other:?}"),
+    };
+    let prefix = format!("cmdstat_{command}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .map(|rest| {
+            let n = rest.split(',').next().unwrap_or("");
+            n.parse()
+                .unwrap_or_else(|_| panic!("bad commandstats line for {command}: {rest}"))
+        })
+        .unwrap_or(0)
+}
+
+/// How many GETs Redis on `port` has executed (`cmdstat_get:calls`). A GET
+/// served from sidecache's cache does not count.
+pub fn redis_get_calls(port: u16) -> u64 {
+    redis_command_calls(port, "get")
+}
+
+/// Redis's `CLIENT LIST`, one map of field to value per client.
+pub fn client_list(port: u16) -> Vec<std::collections::HashMap<String, String>> {
+    let mut c = Conn::connect(port);
+    c.send_cmd(&["CLIENT", "LIST"]);
+    let text = match c.read_reply() {
+        Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("CLIENT LIST on port {port}: {other:?}"),
+    };
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|f| f.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+        .collect()
+}
+
+/// The ids of Redis's clients named `name` (CLIENT SETNAME).
+pub fn client_ids_named(port: u16, name: &str) -> Vec<u64> {
+    client_list(port)
+        .iter()
+        .filter(|c| c.get("name").map(String::as_str) == Some(name))
+        .filter_map(|c| c.get("id").and_then(|id| id.parse().ok()))
+        .collect()
+}
+
+/// `CLIENT KILL ID <id>` on Redis; asserts one client was killed.
+#[track_caller]
+pub fn kill_client(port: u16, id: u64) {
+    let mut c = Conn::connect(port);
+    c.roundtrip(&["CLIENT", "KILL", "ID", &id.to_string()], &int(1));
+}
+
+/// Bytes waiting unread at process `pid`'s end of its established
+/// connections to `port`, one entry per connection (e.g. sidecache's data
+/// and invalidation connections to Redis).
+pub fn unread_bytes_of_pid_to(pid: u32, port: u16) -> Vec<u64> {
+    let inodes = socket_inodes_of(pid).unwrap_or_default();
+    tcp_entries()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.remote_port == port && e.state == 0x01 && inodes.contains(&e.inode))
+        .map(|e| e.rx_queue)
+        .collect()
+}
+
+impl Conn {
+    /// Bytes this client sent that the server has not read yet (from
+    /// /proc; 0 when /proc cannot tell).
+    pub fn unread_at_server(&self) -> u64 {
+        let me = self.local_port();
+        tcp_entries()
+            .unwrap_or_default()
+            .iter()
+            .find(|e| e.local_port == self.port && e.remote_port == me && e.state == 0x01)
+            .map_or(0, |e| e.rx_queue)
+    }
+}
+
+/// Waits until process `pid` is actually stopped (state `T` in
+/// /proc/<pid>/stat): `kill -STOP` returns before the target has stopped.
+/// A no-op when /proc cannot tell.
+#[track_caller]
+pub fn wait_process_stopped(pid: u32) {
+    let state = || {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        stat.rsplit_once(')')?.1.trim_start().chars().next()
+    };
+    if state().is_none() {
+        return;
+    }
+    let stopped = poll_until(Duration::from_secs(5), Duration::from_millis(1), || {
+        matches!(state(), Some('T') | Some('t')).then_some(())
+    });
+    assert!(
+        stopped.is_some(),
+        "process {pid} did not stop (state {:?})",
+        state()
+    );
+}
+
+/// The length of one complete RESP2 or RESP3 reply (push messages and
+/// attributes included) at the start of `buf`: `Ok(None)` if incomplete.
+pub fn resp3_reply_len(buf: &[u8]) -> Result<Option<usize>, String> {
+    fn at(buf: &[u8], pos: usize) -> Result<Option<usize>, String> {
+        let Some(&t) = buf.get(pos) else {
+            return Ok(None);
+        };
+        let Some(rel) = buf[pos + 1..].windows(2).position(|w| w == b"\r\n") else {
+            return Ok(None);
+        };
+        let line = &buf[pos + 1..pos + 1 + rel];
+        let next = pos + 1 + rel + 2;
+        let num = || -> Result<i64, String> {
+            std::str::from_utf8(line)
+                .ok()
+                .and_then(|s| s.parse().ok())
+                .ok_or_else(|| format!("bad length {}", escape(line)))
+        };
+        match t {
+            b'+' | b'-' | b':' | b'_' | b'#' | b',' | b'(' => Ok(Some(next)),
+            b'$' | b'!' | b'=' => {
+                let n = num()?;
+                if n < 0 {
+                    return Ok(Some(next));
+                }
+                let end = next + n as usize + 2;
+                Ok((buf.len() >= end).then_some(end))
+            }
+            b'*' | b'~' | b'>' | b'%' | b'|' => {
+                let n = num()?;
+                if n < 0 {
+                    return Ok(Some(next));
+                }
+                let items = if matches!(t, b'%' | b'|') { 2 * n } else { n };
+                let mut p = next;
+                for _ in 0..items {
+                    match at(buf, p)? {
+                        Some(q) => p = q,
+                        None => return Ok(None),
+                    }
+                }
+                // An attribute is followed by the reply it annotates.
+                if t == b'|' {
+                    return at(buf, p);
+                }
+                Ok(Some(p))
+            }
+            other => Err(format!("unexpected reply type byte {}", escape(&[other]))),
+        }
+    }
+    at(buf, 0)
+}
+
+impl Conn {
+    /// Reads one complete reply, RESP2 or RESP3, and returns its raw bytes.
+    #[track_caller]
+    pub fn read_reply3_raw(&mut self) -> Vec<u8> {
+        let deadline = Instant::now() + self.timeout;
+        loop {
+            match resp3_reply_len(&self.buf) {
+                Ok(Some(used)) => return self.buf.drain(..used).collect(),
+                Ok(None) => {}
+                Err(e) => panic!("unparseable reply ({e}): {}", escape(&self.buf)),
+            }
+            match self.fill(deadline) {
+                Ok(0) => panic!("EOF in the middle of a reply: {}", escape(&self.buf)),
+                Ok(_) => {}
+                Err(e) => panic!(
+                    "no complete reply within {:?} ({e}); have {}",
+                    self.timeout,
+                    escape(&self.buf)
+                ),
+            }
+        }
+    }
+}
