@@ -49,6 +49,8 @@ pub struct Client {
     /// next requests wait until those are answered, since they would go
     /// to another connection and could otherwise run before them.
     switching: bool,
+    /// Between a MULTI that sidecache refused and its EXEC or DISCARD.
+    pub in_refused_multi: bool,
     pub input: Input,
     pub replies: Replies,
     /// Readable readiness seen and not yet used up (edge-triggered: cleared
@@ -69,6 +71,7 @@ impl Client {
             phase: Phase::Open,
             protocol: Protocol::Resp2,
             switching: false,
+            in_refused_multi: false,
             input: Input::default(),
             replies: Replies::default(),
             readable: false,

@@ -41,6 +41,46 @@ pub enum Action {
     ClientId,
     /// Answer with this error (without the leading `-`), connection kept.
     Error(String),
+    /// `MULTI`: refused, and so is every command after it up to `EXEC` or
+    /// `DISCARD`, which the client meant to run only inside the transaction.
+    RefuseMulti,
+}
+
+/// The error that refuses MULTI.
+pub fn multi_refused() -> String {
+    format!(
+        "ERR 'multi' is not supported by sidecache: {TRANSACTIONS}; \
+         the commands up to EXEC or DISCARD will not run"
+    )
+}
+
+/// What happens to a request sent after a refused MULTI, before its EXEC or DISCARD.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum InRefusedMulti {
+    /// `EXEC`: the transaction is aborted, as Redis aborts one whose
+    /// commands were refused; the connection leaves the transaction.
+    Exec,
+    /// `DISCARD`: +OK, and the connection leaves the transaction.
+    Discard,
+    /// `QUIT` still quits.
+    Quit,
+    /// Anything else does not run; answer with this error.
+    NotRun(String),
+}
+
+/// Decides what to do with a request sent after a refused MULTI.
+pub fn in_refused_multi(name: &[u8]) -> InRefusedMulti {
+    let mut upper = [0u8; 16];
+    match uppercase(name, &mut upper).unwrap_or_default() {
+        b"EXEC" => InRefusedMulti::Exec,
+        b"DISCARD" => InRefusedMulti::Discard,
+        b"QUIT" => InRefusedMulti::Quit,
+        b"MULTI" => InRefusedMulti::NotRun("ERR MULTI calls can not be nested".into()),
+        _ => InRefusedMulti::NotRun(format!(
+            "ERR '{}' did not run: sidecache refused the MULTI before it ({TRANSACTIONS})",
+            String::from_utf8_lossy(name).to_ascii_lowercase()
+        )),
+    }
 }
 
 /// The attributes `CLIENT SETINFO` records.
@@ -67,9 +107,8 @@ pub fn classify<'a>(argc: usize, arg: impl Fn(usize) -> &'a [u8]) -> Action {
         b"QUIT" => Action::Quit,
         b"HELLO" => hello(argc, &arg),
         b"CLIENT" => client(argc, &arg),
-        b"MULTI" | b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => {
-            refuse(arg(0), "transactions need a connection of their own")
-        }
+        b"MULTI" => Action::RefuseMulti,
+        b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => refuse(arg(0), TRANSACTIONS),
         b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
         | b"SUNSUBSCRIBE" => refuse(arg(0), "pub/sub needs a connection of its own"),
         b"MONITOR" => refuse(arg(0), "it would take over the shared connection to Redis"),
@@ -85,6 +124,8 @@ pub fn classify<'a>(argc: usize, arg: impl Fn(usize) -> &'a [u8]) -> Action {
         _ => Action::Forward,
     }
 }
+
+const TRANSACTIONS: &str = "transactions need a connection of their own";
 
 const BLOCKING: &str = "a blocking command would stall every client on the shared connection";
 
@@ -337,8 +378,9 @@ mod tests {
 
     #[test]
     fn refused_commands_name_themselves() {
+        assert_eq!(of("MULTI"), Action::RefuseMulti);
+        assert!(multi_refused().starts_with("ERR 'multi' is not supported by sidecache: "));
         for line in [
-            "MULTI",
             "exec",
             "DISCARD",
             "WATCH k",
@@ -379,6 +421,21 @@ mod tests {
                 "{line}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn after_a_refused_multi() {
+        assert_eq!(in_refused_multi(b"exec"), InRefusedMulti::Exec);
+        assert_eq!(in_refused_multi(b"DISCARD"), InRefusedMulti::Discard);
+        assert_eq!(in_refused_multi(b"quit"), InRefusedMulti::Quit);
+        assert_eq!(
+            in_refused_multi(b"MULTI"),
+            InRefusedMulti::NotRun("ERR MULTI calls can not be nested".into())
+        );
+        let InRefusedMulti::NotRun(e) = in_refused_multi(b"Set") else {
+            panic!("SET must not run");
+        };
+        assert!(e.starts_with("ERR 'set' did not run: "), "{e}");
     }
 
     #[test]

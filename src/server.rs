@@ -25,7 +25,7 @@
 use crate::backend::{info_field, Backend, Progress};
 use crate::cache::{Cache, FillTicket};
 use crate::client::{Client, Phase, ReadOutcome, Replies};
-use crate::command::{self, Action, LibAttr};
+use crate::command::{self, Action, InRefusedMulti, LibAttr};
 use crate::config::{Config, TrackingMode};
 use crate::keys::{CommandTable, Writes};
 use crate::log;
@@ -1100,6 +1100,28 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
     let arg = |i: usize| request.arg(input, i).unwrap_or_default();
     let protocol = client.protocol;
     let mut out = Vec::new();
+    if client.in_refused_multi {
+        match command::in_refused_multi(arg(0)) {
+            InRefusedMulti::Exec => {
+                client.in_refused_multi = false;
+                resp::error(
+                    &mut out,
+                    "EXECABORT Transaction discarded because of previous errors.",
+                );
+            }
+            InRefusedMulti::Discard => {
+                client.in_refused_multi = false;
+                resp::simple(&mut out, b"OK");
+            }
+            InRefusedMulti::Quit => {
+                resp::simple(&mut out, b"OK");
+                client.phase = Phase::Draining;
+            }
+            InRefusedMulti::NotRun(message) => resp::error(&mut out, &message),
+        }
+        client.replies.push(&out);
+        return;
+    }
     match command::classify(request.argc(), arg) {
         Action::Get => {
             if let Some(hit) = proxy.cache.get(arg(1), now) {
@@ -1189,6 +1211,10 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
         }
         Action::ClientId => resp::integer(&mut out, client.id as i64),
         Action::Error(message) => resp::error(&mut out, &message),
+        Action::RefuseMulti => {
+            client.in_refused_multi = true;
+            resp::error(&mut out, &command::multi_refused());
+        }
     }
     client.replies.push(&out);
 }

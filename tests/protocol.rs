@@ -382,12 +382,18 @@ fn refused_commands_keep_the_connection_open() {
         c.send_cmd(&args);
         let raw = c.read_reply_raw();
         assert_refused(&String::from_utf8_lossy(&raw), &args, name);
+        if name == "multi" {
+            // Leave the refused transaction, as a client would.
+            c.roundtrip(&["DISCARD"], OK);
+        }
         c.ping();
     }
     // Inline form.
     c.send(b"MULTI\n");
     let raw = c.read_reply_raw();
     assert_refused(&String::from_utf8_lossy(&raw), &["MULTI"], "multi");
+    c.send(b"DISCARD\n");
+    c.expect(OK);
     c.send(b"blpop empty:l 0\n");
     let raw = c.read_reply_raw();
     assert_refused(&String::from_utf8_lossy(&raw), &["blpop"], "blpop");
@@ -400,9 +406,19 @@ fn refused_commands_never_reach_redis() {
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &[]);
     let mut c = proxy.connect();
-    // Were MULTI forwarded, the SET would be answered +QUEUED.
+    // Were MULTI forwarded, the SET would be answered +QUEUED. Its commands
+    // are not run one by one either: the client meant them only as a whole.
     c.send_cmd(&["MULTI"]);
     c.read_error();
+    c.send_cmd(&["SET", "in-multi", "1"]);
+    let e = c.read_error();
+    assert!(e.starts_with("ERR 'set' did not run: "), "{e}");
+    c.send_cmd(&["EXEC"]);
+    assert_eq!(
+        c.read_error(),
+        "EXECABORT Transaction discarded because of previous errors."
+    );
+    assert_eq!(redis.get("in-multi"), None);
     c.roundtrip(&["SET", "after-multi", "1"], OK);
     assert_eq!(redis.get("after-multi").as_deref(), Some(&b"1"[..]));
     // Were SUBSCRIBE forwarded, the shared backend connection would be in

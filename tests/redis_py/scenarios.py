@@ -1,0 +1,444 @@
+#!/usr/bin/env python3
+"""redis-py scenarios against sidecache, run by tests/redis_py.rs.
+
+Runs the same scenarios with redis-py's default settings (RESP3 since
+redis-py 8: `--protocol 3` passes no protocol at all, so that the default is
+what is tested) or with `protocol=2` (`--protocol 2`). Prints one line per
+scenario and a final `N passed, M failed`; exits 1 if any scenario failed,
+2 if redis-py (>= 8) is missing.
+
+    python3 tests/redis_py/scenarios.py --port SIDECACHE --redis-port REDIS --protocol 3
+
+`--direct` skips the scenarios that only make sense through sidecache (the
+cache, refused transactions), to check the scenarios themselves against
+Redis: `--port REDIS --redis-port REDIS --direct`.
+"""
+
+import argparse
+import os
+import signal
+import sys
+import time
+import traceback
+
+try:
+    import redis
+except ImportError:
+    print(
+        "redis-py is not installed for {}: install it with "
+        "`{} -m pip install 'redis>=8'`".format(sys.executable, sys.executable)
+    )
+    sys.exit(2)
+
+if int(redis.__version__.split(".")[0]) < 8:
+    print(
+        "redis-py {} is too old (need >= 8, whose default is RESP3): "
+        "`{} -m pip install 'redis>=8'`".format(redis.__version__, sys.executable)
+    )
+    sys.exit(2)
+
+# How long one scenario may take (a client out of step with its server can
+# otherwise wait on socket timeouts for minutes), and the whole run.
+SCENARIO_TIMEOUT = 10
+RUN_BUDGET = 40.0
+# How long a write by another client may take to reach sidecache's cache.
+PROPAGATION = 0.1
+# How long sidecache may take to start caching.
+SETTLE = 5.0
+
+SCENARIOS = []
+
+
+def scenario(proxy_only=False):
+    def register(fn):
+        SCENARIOS.append((fn.__name__, fn, proxy_only))
+        return fn
+
+    return register
+
+
+class Ctx:
+    def __init__(self, args):
+        self.args = args
+        self.prefix = "redis-py:{}:{}:".format(args.protocol, os.getpid())
+        self.n = 0
+        # Talks to Redis itself, underneath sidecache.
+        self.direct = redis.Redis(host="127.0.0.1", port=args.redis_port, socket_timeout=5)
+
+    def key(self, name):
+        self.n += 1
+        return "{}{}:{}".format(self.prefix, name, self.n)
+
+    def client(self, **kwargs):
+        """A client of sidecache with redis-py's defaults, or protocol=2."""
+        if self.args.protocol == 2:
+            kwargs["protocol"] = 2
+        return redis.Redis(host="127.0.0.1", port=self.args.port, socket_timeout=5, **kwargs)
+
+    def get_calls(self):
+        """How many GETs Redis has executed (a GET served by the cache does not count)."""
+        stats = self.direct.info("commandstats")
+        return int(stats.get("cmdstat_get", {}).get("calls", 0))
+
+
+def eq(got, want, what=""):
+    if got != want or type(got) is not type(want):
+        raise AssertionError(
+            "{}expected {!r} ({}), got {!r} ({})".format(
+                what + ": " if what else "", want, type(want).__name__, got, type(got).__name__
+            )
+        )
+
+
+def wait_caching(ctx, r):
+    """Waits until of two GETs of one key through `r`, at most one reaches Redis."""
+    key = ctx.key("probe")
+    ctx.direct.set(key, "probe")
+    deadline = time.monotonic() + SETTLE
+    while True:
+        before = ctx.get_calls()
+        eq(r.get(key), b"probe", "probe GET")
+        eq(r.get(key), b"probe", "probe GET")
+        reached = ctx.get_calls() - before
+        if reached <= 1:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(
+                "sidecache did not cache within {}s: {} of 2 GETs reached Redis".format(
+                    SETTLE, reached
+                )
+            )
+        time.sleep(0.02)
+
+
+# --- scenarios ---------------------------------------------------------------
+
+
+@scenario()
+def protocol_in_use(ctx):
+    r = ctx.client()
+    hello = r.execute_command("HELLO")
+    if isinstance(hello, list):  # RESP2: a flat list of key, value
+        hello = dict(zip(hello[::2], hello[1::2]))
+    eq(hello.get(b"proto"), ctx.args.protocol, "HELLO's proto")
+    eq(hello.get(b"server"), b"redis", "HELLO's server")
+
+
+@scenario()
+def ping(ctx):
+    r = ctx.client()
+    eq(r.ping(), True)
+    eq(r.ping(), True)
+
+
+@scenario()
+def echo(ctx):
+    eq(ctx.client().echo("hello there"), b"hello there")
+    eq(ctx.client(decode_responses=True).echo("héllo"), "héllo")
+
+
+@scenario()
+def set_get_bytes(ctx):
+    r = ctx.client()
+    k = ctx.key("bytes")
+    value = b"\x00\xff\r\nbinary\x01"
+    eq(r.set(k, value), True)
+    eq(r.get(k), value)
+    eq(r.get(k), value, "second GET")
+
+
+@scenario()
+def set_get_decoded(ctx):
+    r = ctx.client(decode_responses=True)
+    k = ctx.key("text")
+    eq(r.set(k, "héllo wörld"), True)
+    eq(r.get(k), "héllo wörld")
+    eq(r.get(k), "héllo wörld", "second GET")
+    eq(r.get(ctx.key("missing")), None)
+
+
+@scenario()
+def get_missing(ctx):
+    r = ctx.client()
+    k = ctx.key("missing")
+    eq(r.get(k), None)
+    eq(r.get(k), None, "second GET (a cached nil through sidecache)")
+
+
+@scenario(proxy_only=True)
+def cached_get_twice(ctx):
+    r = ctx.client()
+    wait_caching(ctx, r)
+    for k, value in ((ctx.key("cached"), b"cached value"), (ctx.key("cached-missing"), None)):
+        if value is not None:
+            ctx.direct.set(k, value)
+        eq(r.get(k), value, "first GET")
+        before = ctx.get_calls()
+        eq(r.get(k), value, "second GET")
+        eq(ctx.get_calls() - before, 0, "GETs of {} that reached Redis".format(k))
+
+
+@scenario()
+def mset_mget(ctx):
+    r = ctx.client()
+    a, b, missing = ctx.key("a"), ctx.key("b"), ctx.key("missing")
+    eq(r.mset({a: "1", b: b"two"}), True)
+    eq(r.mget([a, missing, b]), [b"1", None, b"two"])
+    eq(r.get(a), b"1")
+
+
+@scenario()
+def incr(ctx):
+    r = ctx.client()
+    k = ctx.key("counter")
+    eq(r.incr(k), 1)
+    eq(r.incrby(k, 5), 6)
+    eq(r.decr(k), 5)
+    eq(r.get(k), b"5")
+    eq(r.incrbyfloat(k, 0.5), 5.5)
+    eq(r.get(k), b"5.5")
+
+
+@scenario()
+def hset_hgetall(ctx):
+    r = ctx.client()
+    k = ctx.key("hash")
+    eq(r.hset(k, mapping={"f1": "v1", "f2": "v2"}), 2)
+    eq(r.hgetall(k), {b"f1": b"v1", b"f2": b"v2"})
+    eq(r.hget(k, "f2"), b"v2")
+    eq(r.hgetall(ctx.key("missing")), {})
+    eq(ctx.client(decode_responses=True).hgetall(k), {"f1": "v1", "f2": "v2"})
+
+
+@scenario()
+def lpush_lrange(ctx):
+    r = ctx.client()
+    k = ctx.key("list")
+    eq(r.lpush(k, "a", "b", "c"), 3)
+    eq(r.lrange(k, 0, -1), [b"c", b"b", b"a"])
+    eq(r.lrange(ctx.key("missing"), 0, -1), [])
+
+
+@scenario()
+def sadd_smembers(ctx):
+    r = ctx.client()
+    k = ctx.key("set")
+    eq(r.sadd(k, "a", "b", "a"), 2)
+    eq(r.smembers(k), {b"a", b"b"})
+    eq(r.smembers(ctx.key("missing")), set())
+
+
+@scenario()
+def zadd_zrange_withscores(ctx):
+    r = ctx.client()
+    k = ctx.key("zset")
+    eq(r.zadd(k, {"a": 1, "b": 2.5, "c": -0.25}), 3)
+    eq(r.zrange(k, 0, -1, withscores=True), [(b"c", -0.25), (b"a", 1.0), (b"b", 2.5)])
+    eq(r.zrange(k, 0, -1), [b"c", b"a", b"b"])
+    eq(r.zscore(k, "b"), 2.5)
+    eq(r.zscore(k, "nosuch"), None)
+
+
+@scenario()
+def expire_ttl(ctx):
+    r = ctx.client()
+    k = ctx.key("expiring")
+    eq(r.set(k, "v"), True)
+    eq(r.ttl(k), -1)
+    eq(r.expire(k, 100), True)
+    ttl = r.ttl(k)
+    if not (isinstance(ttl, int) and 90 <= ttl <= 100):
+        raise AssertionError("TTL after EXPIRE 100: {!r}".format(ttl))
+    eq(r.persist(k), True)
+    eq(r.ttl(k), -1)
+    eq(r.ttl(ctx.key("missing")), -2)
+
+
+@scenario()
+def delete(ctx):
+    r = ctx.client()
+    a, b = ctx.key("del-a"), ctx.key("del-b")
+    r.mset({a: "1", b: "2"})
+    eq(r.get(a), b"1")  # cached through sidecache
+    eq(r.delete(a, b, ctx.key("missing")), 2)
+    eq(r.exists(a, b), 0)
+    eq(r.get(a), None)
+    eq(r.get(b), None)
+
+
+@scenario()
+def pipeline_mixed(ctx):
+    r = ctx.client()
+    k, h, lst, z, missing = (ctx.key(n) for n in ("str", "hash", "list", "zset", "missing"))
+    p = r.pipeline(transaction=False)
+    p.set(k, "v")
+    p.get(k)
+    p.get(missing)
+    p.incr(k + ":n")
+    p.hset(h, mapping={"f": "1"})
+    p.hgetall(h)
+    p.rpush(lst, "x", "y")
+    p.lrange(lst, 0, -1)
+    p.zadd(z, {"m": 1.5})
+    p.zrange(z, 0, -1, withscores=True)
+    p.ping()
+    p.echo("e")
+    p.get(k)
+    eq(
+        p.execute(),
+        [
+            True,
+            b"v",
+            None,
+            1,
+            1,
+            {b"f": b"1"},
+            2,
+            [b"x", b"y"],
+            1,
+            [(b"m", 1.5)],
+            True,
+            b"e",
+            b"v",
+        ],
+    )
+
+
+@scenario()
+def client_setname_getname(ctx):
+    r = ctx.client(single_connection_client=True)
+    try:
+        eq(r.client_getname(), None, "name before CLIENT SETNAME")
+        eq(r.client_setname("scenario-client"), True)
+        # redis-py decodes client names whatever decode_responses says.
+        eq(r.client_getname(), "scenario-client")
+    finally:
+        r.close()
+
+
+@scenario(proxy_only=True)
+def direct_write_seen_within_100ms(ctx):
+    r = ctx.client()
+    wait_caching(ctx, r)
+    slowest = 0.0
+    for i in range(10):
+        k = ctx.key("direct")
+        old, new = "old-{}".format(i).encode(), "new-{}".format(i).encode()
+        ctx.direct.set(k, old)
+        eq(r.get(k), old)
+        before = ctx.get_calls()
+        eq(r.get(k), old)
+        eq(ctx.get_calls() - before, 0, "second GET of {} reaching Redis".format(k))
+        ctx.direct.set(k, new)
+        acked = time.monotonic()
+        while True:
+            started = time.monotonic()
+            got = r.get(k)
+            if got == new:
+                slowest = max(slowest, started - acked)
+                break
+            eq(got, old, "GET while the direct write propagates")
+            if started - acked > PROPAGATION:
+                raise AssertionError(
+                    "GET {} started {:.0f} ms after the direct write's ack still returned {!r}".format(
+                        k, (started - acked) * 1000, got
+                    )
+                )
+            time.sleep(0.002)
+    print("    (slowest propagation {:.1f} ms)".format(slowest * 1000))
+
+
+@scenario()
+def read_your_writes(ctx):
+    r = ctx.client()
+    other = ctx.client()
+    k = ctx.key("ryw")
+    for i in range(50):
+        v = str(i).encode()
+        eq(r.set(k, v), True)
+        eq(r.get(k), v, "own read after write {}".format(i))
+        eq(other.get(k), v, "other client's read after write {}".format(i))
+        eq(other.get(k), v, "other client's second read after write {}".format(i))
+    eq(other.delete(k), 1)
+    eq(r.get(k), None)
+
+
+@scenario(proxy_only=True)
+def transaction_refused(ctx):
+    r = ctx.client()
+    k = ctx.key("tx")
+    p = r.pipeline(transaction=True)
+    p.set(k, "in-transaction")
+    p.get(k)
+    try:
+        result = p.execute()
+    except redis.ResponseError as e:
+        if "not supported by sidecache" not in str(e):
+            raise AssertionError("ResponseError without 'not supported by sidecache': {}".format(e))
+    else:
+        raise AssertionError("MULTI/EXEC through sidecache returned {!r}".format(result))
+    # None of the transaction's commands ran: not atomically, not one by one.
+    eq(ctx.direct.get(k), None)
+    # The connection is still usable.
+    eq(r.ping(), True)
+
+
+class ScenarioTimeout(Exception):
+    pass
+
+
+def on_alarm(signum, frame):
+    raise ScenarioTimeout("scenario took more than {}s".format(SCENARIO_TIMEOUT))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--port", type=int, required=True, help="sidecache's port")
+    ap.add_argument("--redis-port", type=int, required=True, help="Redis's own port")
+    ap.add_argument("--protocol", type=int, choices=(2, 3), required=True)
+    ap.add_argument("--direct", action="store_true", help="--port is Redis itself")
+    args = ap.parse_args()
+    # Each line out at once, also into a file: a run killed half way still shows where.
+    sys.stdout.reconfigure(line_buffering=True)
+
+    ctx = Ctx(args)
+    print(
+        "redis-py {} ({}), port {}, {}".format(
+            redis.__version__,
+            "protocol=2" if args.protocol == 2 else "default protocol",
+            args.port,
+            "direct to Redis" if args.direct else "through sidecache",
+        )
+    )
+    passed = failed = 0
+    run_started = time.monotonic()
+    signal.signal(signal.SIGALRM, on_alarm)
+    for name, fn, proxy_only in SCENARIOS:
+        if proxy_only and args.direct:
+            print("skip {} (needs sidecache)".format(name))
+            continue
+        started = time.monotonic()
+        if started - run_started > RUN_BUDGET:
+            failed += 1
+            print("FAIL {}: not run, the run took more than {:.0f}s".format(name, RUN_BUDGET))
+            continue
+        signal.alarm(SCENARIO_TIMEOUT)
+        try:
+            try:
+                fn(ctx)
+            finally:
+                signal.alarm(0)
+        except Exception as e:  # noqa: BLE001 - every failure is reported
+            failed += 1
+            print("FAIL {}: {}: {}".format(name, type(e).__name__, e))
+            for line in traceback.format_exc().rstrip().splitlines():
+                print("    " + line)
+        else:
+            passed += 1
+            print("ok   {} ({:.0f} ms)".format(name, (time.monotonic() - started) * 1000))
+    print("{} passed, {} failed".format(passed, failed))
+    sys.exit(1 if failed else 0)
+
+
+if __name__ == "__main__":
+    main()
