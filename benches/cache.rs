@@ -1,7 +1,7 @@
 //! The cache on its own: a hit, an insert, and an insert that evicts.
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
-use sidecache::cache::Cache;
+use sidecache::cache::{Cache, Limits};
 use std::hint::black_box;
 use std::time::{Duration, Instant};
 
@@ -14,13 +14,22 @@ fn keys() -> Vec<Vec<u8>> {
         .collect()
 }
 
+fn limits(ttl: Option<Duration>) -> Limits {
+    Limits {
+        capacity: KEYS,
+        ttl,
+        max_memory: usize::MAX,
+        max_value_size: usize::MAX,
+    }
+}
+
 fn fill(cache: &mut Cache, key: &[u8], now: Instant) -> bool {
     let ticket = cache.fill_ticket(key).expect("the cache is serving");
     cache.complete_fill(key, ticket, Some(VALUE), None, now)
 }
 
 fn full_cache(keys: &[Vec<u8>], now: Instant) -> Cache {
-    let mut cache = Cache::new(KEYS, Some(Duration::from_secs(60)));
+    let mut cache = Cache::new(limits(Some(Duration::from_secs(60))));
     cache.set_serving(true);
     for key in keys {
         assert!(fill(&mut cache, key, now));
@@ -46,7 +55,7 @@ fn bench_cache(c: &mut Criterion) {
     c.bench_function("cache insert (no eviction)", |b| {
         b.iter_batched_ref(
             || {
-                let mut cache = Cache::new(KEYS, None);
+                let mut cache = Cache::new(limits(None));
                 cache.set_serving(true);
                 cache
             },

@@ -18,8 +18,6 @@ use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-/// Longest wait for a TCP connect to Redis before trying again.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(2);
 const READ_CHUNK: usize = 64 * 1024;
@@ -57,8 +55,11 @@ pub struct Backend<T> {
     input: Vec<u8>,
     input_start: usize,
     framer: ReplyFramer,
-    in_flight: VecDeque<T>,
+    /// Each request waiting for a reply, with when it was queued.
+    in_flight: VecDeque<(T, Instant)>,
     backoff: Duration,
+    /// Longest wait for the connect, and for the reply to the oldest request.
+    timeout: Duration,
 }
 
 /// What a connect attempt or a socket event came to.
@@ -71,7 +72,13 @@ pub enum Progress {
 
 impl<T> Backend<T> {
     /// A connection that will connect to `addr` on the first `connect`.
-    pub fn new(role: &'static str, addr: SocketAddr, token: Token, now: Instant) -> Self {
+    pub fn new(
+        role: &'static str,
+        addr: SocketAddr,
+        token: Token,
+        timeout: Duration,
+        now: Instant,
+    ) -> Self {
         Backend {
             role,
             addr,
@@ -84,7 +91,12 @@ impl<T> Backend<T> {
             framer: ReplyFramer::default(),
             in_flight: VecDeque::new(),
             backoff: BACKOFF_MIN,
+            timeout,
         }
+    }
+
+    pub fn timeout(&self) -> Duration {
+        self.timeout
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -101,7 +113,10 @@ impl<T> Backend<T> {
         match self.state {
             State::Down { retry_at } => Some(retry_at),
             State::Connecting { deadline, .. } => Some(deadline),
-            State::Ready { .. } | State::Off => None,
+            // Redis must answer the oldest request in time, or the
+            // connection is taken for dead.
+            State::Ready { .. } => self.in_flight.front().map(|(_, sent)| *sent + self.timeout),
+            State::Off => None,
         }
     }
 
@@ -126,7 +141,7 @@ impl<T> Backend<T> {
         }
         self.state = State::Connecting {
             stream,
-            deadline: now + CONNECT_TIMEOUT,
+            deadline: now + self.timeout,
         };
         Ok(())
     }
@@ -181,7 +196,7 @@ impl<T> Backend<T> {
     pub fn queue(&mut self, entry: T, write: impl FnOnce(&mut Vec<u8>)) {
         debug_assert!(self.accepts_requests());
         write(&mut self.out);
-        self.in_flight.push_back(entry);
+        self.in_flight.push_back((entry, Instant::now()));
     }
 
     /// Whether requests are waiting to be written.
@@ -246,7 +261,10 @@ impl<T> Backend<T> {
     /// The request the next reply answers. A reply with none waiting means
     /// the stream is out of step.
     pub fn pop_in_flight(&mut self) -> Result<T, Desync> {
-        self.in_flight.pop_front().ok_or(Desync::Unrequested)
+        self.in_flight
+            .pop_front()
+            .map(|(entry, _)| entry)
+            .ok_or(Desync::Unrequested)
     }
 
     /// The first `len` bytes of what was read: the reply `next_reply` found.
@@ -281,6 +299,9 @@ impl<T> Backend<T> {
         self.input_start = 0;
         self.framer = ReplyFramer::default();
         std::mem::take(&mut self.in_flight)
+            .into_iter()
+            .map(|(entry, _)| entry)
+            .collect()
     }
 
     /// Drops the connection for good (until `turn_on`). Returns the requests

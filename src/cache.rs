@@ -1,6 +1,8 @@
-//! The cache of GET replies: at most `capacity` keys, least recently used
-//! evicted first, each entry served until the earlier of `ttl` after it was
-//! stored and the key's own expiry in Redis.
+//! The cache of GET replies: at most `capacity` keys and `max_memory` bytes
+//! (keys, values and a per-entry overhead), least recently used evicted
+//! first, each entry served until the earlier of `ttl` after it was stored
+//! and the key's own expiry in Redis. Replies over `max_value_size` are
+//! never stored.
 //!
 //! It also keeps the cache from lying: a GET reply is stored only with a
 //! fill ticket taken when the GET was sent, and any invalidation of that key
@@ -26,6 +28,25 @@ struct Entry {
     expires_at: Option<Instant>,
 }
 
+/// What one entry costs beyond its key and reply bytes: the hash table
+/// slot, the linked-list node holding the boxed key and the entry, the
+/// `Rc` header, and the allocator's bookkeeping for the three allocations.
+pub const ENTRY_OVERHEAD: usize = 128;
+
+fn entry_size(key: &[u8], reply: &[u8]) -> usize {
+    key.len() + reply.len() + ENTRY_OVERHEAD
+}
+
+/// The length of the value in a bulk reply (`$<len>\r\n<value>\r\n`):
+/// the reply without its header line and final CRLF.
+fn value_len(reply: &[u8]) -> usize {
+    let header = reply
+        .windows(2)
+        .position(|w| w == b"\r\n")
+        .map_or(0, |end| end + 2);
+    reply.len().saturating_sub(header + 2)
+}
+
 /// GETs of one key in flight with a ticket. Kept only while some are, so
 /// memory is bounded by the requests in flight.
 struct PendingFills {
@@ -34,10 +55,27 @@ struct PendingFills {
     valid_from: u64,
 }
 
+/// How much the cache may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Most entries; 0 turns caching off.
+    pub capacity: usize,
+    /// Longest life of an entry; `None`: until evicted or invalidated.
+    pub ttl: Option<Duration>,
+    /// Most bytes, counted by [`entry_size`].
+    pub max_memory: usize,
+    /// Largest reply stored.
+    pub max_value_size: usize,
+}
+
 pub struct Cache {
-    /// `None` when caching is off (`--capacity 0`).
+    /// `None` when caching is off (`--capacity 0`). Unbounded by count in
+    /// hashlink: the count and byte limits are enforced here, so that every
+    /// eviction is seen and accounted.
     entries: Option<LruCache<Box<[u8]>, Entry>>,
-    ttl: Option<Duration>,
+    limits: Limits,
+    /// Bytes held, by [`entry_size`].
+    used: usize,
     serving: bool,
     fills: HashMap<Box<[u8]>, PendingFills>,
     next_ticket: u64,
@@ -46,13 +84,12 @@ pub struct Cache {
 }
 
 impl Cache {
-    /// A cache of at most `capacity` keys (0 turns it off) whose entries
-    /// live at most `ttl` (`None`: until evicted or invalidated). It starts
-    /// not serving.
-    pub fn new(capacity: usize, ttl: Option<Duration>) -> Self {
+    /// An empty cache within `limits`. It starts not serving.
+    pub fn new(limits: Limits) -> Self {
         Cache {
-            entries: (capacity > 0).then(|| LruCache::new(capacity)),
-            ttl,
+            entries: (limits.capacity > 0).then(LruCache::new_unbounded),
+            limits,
+            used: 0,
             serving: false,
             fills: HashMap::new(),
             next_ticket: 0,
@@ -81,6 +118,11 @@ impl Cache {
         self.entries.as_ref().map_or(0, |e| e.len())
     }
 
+    /// Bytes held, keys, values and overhead.
+    pub fn memory(&self) -> usize {
+        self.used
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -96,7 +138,7 @@ impl Cache {
         if entry.expires_at.is_none_or(|at| now < at) {
             Some(Rc::clone(&entry.reply))
         } else {
-            entries.remove(key);
+            self.remove(key);
             None
         }
     }
@@ -148,10 +190,17 @@ impl Cache {
         if pending.outstanding == 0 {
             self.fills.remove(key);
         }
-        let (Some(reply), true, Some(entries)) = (reply, valid, self.entries.as_mut()) else {
+        let (Some(reply), true, true) = (reply, valid, self.entries.is_some()) else {
             return false;
         };
-        let ttl_expiry = self.ttl.map(|ttl| now + ttl);
+        if value_len(reply) > self.limits.max_value_size
+            || entry_size(key, reply) > self.limits.max_memory
+        {
+            return false;
+        }
+        self.remove(key);
+        self.make_room(entry_size(key, reply));
+        let ttl_expiry = self.limits.ttl.map(|ttl| now + ttl);
         let expires_at = match (ttl_expiry, key_expires_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -160,16 +209,38 @@ impl Cache {
             reply: Rc::from(reply),
             expires_at,
         };
-        entries.insert(key.into(), entry);
+        self.used += entry_size(key, reply);
+        if let Some(entries) = self.entries.as_mut() {
+            entries.insert(key.into(), entry);
+        }
         true
+    }
+
+    /// Evicts least recently used entries until one of `size` bytes fits
+    /// within both limits.
+    fn make_room(&mut self, size: usize) {
+        let Some(entries) = self.entries.as_mut() else {
+            return;
+        };
+        while !entries.is_empty()
+            && (entries.len() >= self.limits.capacity || self.used + size > self.limits.max_memory)
+        {
+            if let Some((key, entry)) = entries.remove_lru() {
+                self.used -= entry_size(&key, &entry.reply);
+            }
+        }
+    }
+
+    fn remove(&mut self, key: &[u8]) {
+        if let Some(entry) = self.entries.as_mut().and_then(|e| e.remove(key)) {
+            self.used -= entry_size(key, &entry.reply);
+        }
     }
 
     /// The key changed in Redis: drop its entry and void every ticket
     /// taken for it so far.
     pub fn invalidate(&mut self, key: &[u8]) {
-        if let Some(entries) = self.entries.as_mut() {
-            entries.remove(key);
-        }
+        self.remove(key);
         if let Some(pending) = self.fills.get_mut(key) {
             pending.valid_from = self.next_ticket;
         }
@@ -180,6 +251,7 @@ impl Cache {
         if let Some(entries) = self.entries.as_mut() {
             entries.clear();
         }
+        self.used = 0;
         self.fills.clear();
         self.valid_from = self.next_ticket;
     }
@@ -197,7 +269,16 @@ mod tests {
     const HOUR: Option<Duration> = Some(Duration::from_secs(3600));
 
     fn serving(capacity: usize, ttl: Option<Duration>) -> Cache {
-        let mut cache = Cache::new(capacity, ttl);
+        serving_within(Limits {
+            capacity,
+            ttl,
+            max_memory: usize::MAX,
+            max_value_size: usize::MAX,
+        })
+    }
+
+    fn serving_within(limits: Limits) -> Cache {
+        let mut cache = Cache::new(limits);
         cache.set_serving(true);
         cache
     }
@@ -250,6 +331,71 @@ mod tests {
         filled(&mut cache, "a", "new", now);
         assert_eq!(hit(&mut cache, "a", now).as_deref(), Some("new"));
         assert_eq!(cache.len(), 1);
+    }
+
+    #[test]
+    fn counts_bytes_and_evicts_to_stay_within_max_memory() {
+        let now = Instant::now();
+        let value = "v".repeat(100);
+        let one = entry_size(b"k0", value.as_bytes());
+        let mut cache = serving_within(Limits {
+            capacity: 1000,
+            ttl: HOUR,
+            max_memory: 3 * one,
+            max_value_size: usize::MAX,
+        });
+        for i in 0..3 {
+            assert!(filled(&mut cache, &format!("k{i}"), &value, now));
+        }
+        assert_eq!(cache.memory(), 3 * one);
+        assert!(hit(&mut cache, "k0", now).is_some()); // k1 is now the least recent
+        assert!(filled(&mut cache, "k3", &value, now));
+        assert_eq!(cache.len(), 3);
+        assert_eq!(cache.memory(), 3 * one);
+        assert_eq!(hit(&mut cache, "k1", now), None);
+        cache.invalidate(b"k0");
+        assert_eq!(cache.memory(), 2 * one);
+        // A bigger value pushes out as many as it needs.
+        let big = "b".repeat(2 * 100 + ENTRY_OVERHEAD);
+        assert!(filled(&mut cache, "k4", &big, now));
+        assert!(
+            cache.memory() <= 3 * one,
+            "{} > {}",
+            cache.memory(),
+            3 * one
+        );
+        assert_eq!(cache.len(), 2, "one entry had to go to make room");
+        cache.clear();
+        assert_eq!(cache.memory(), 0);
+    }
+
+    #[test]
+    fn values_over_the_limit_are_not_stored() {
+        let now = Instant::now();
+        let mut cache = serving_within(Limits {
+            capacity: 10,
+            ttl: HOUR,
+            max_memory: usize::MAX,
+            max_value_size: 10,
+        });
+        assert!(filled(&mut cache, "small", "$10\r\n0123456789\r\n", now));
+        assert!(!filled(&mut cache, "big", "$11\r\n0123456789a\r\n", now));
+        assert_eq!(hit(&mut cache, "big", now), None);
+        assert_eq!(cache.pending_fills(), 0);
+    }
+
+    #[test]
+    fn replacing_an_entry_accounts_for_the_old_one() {
+        let now = Instant::now();
+        let mut cache = serving(10, HOUR);
+        filled(&mut cache, "k", "short", now);
+        filled(&mut cache, "k", "a longer value", now);
+        assert_eq!(cache.memory(), entry_size(b"k", b"a longer value"));
+        let expiry = now + Duration::from_secs(1);
+        let t = cache.fill_ticket(b"e").unwrap();
+        cache.complete_fill(b"e", t, Some(b"x"), Some(expiry), now);
+        assert_eq!(hit(&mut cache, "e", expiry), None);
+        assert_eq!(cache.memory(), entry_size(b"k", b"a longer value"));
     }
 
     #[test]

@@ -11,6 +11,7 @@ use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::rc::Rc;
+use std::time::Instant;
 
 /// How many requests a client may have unanswered before sidecache stops
 /// reading from it, so one client cannot swamp the shared pipeline.
@@ -51,6 +52,8 @@ pub struct Client {
     switching: bool,
     /// Between a MULTI that sidecache refused and its EXEC or DISCARD.
     pub in_refused_multi: bool,
+    /// When its last request arrived (or it connected), for `--idle-timeout`.
+    pub last_request: Instant,
     pub input: Input,
     pub replies: Replies,
     /// Readable readiness seen and not yet used up (edge-triggered: cleared
@@ -72,6 +75,7 @@ impl Client {
             protocol: Protocol::Resp2,
             switching: false,
             in_refused_multi: false,
+            last_request: Instant::now(),
             input: Input::default(),
             replies: Replies::default(),
             readable: false,

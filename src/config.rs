@@ -25,6 +25,23 @@ Options:
                       client tracking; auto uses it when Redis supports it,
                       on refuses to run without it, off caches by TTL only
                       [default: auto]
+  --timeout DURATION  longest wait for Redis to accept a connection or to
+                      answer the oldest request in flight; past it the
+                      requests in flight fail and the connection is made
+                      anew [default: 5s]
+  --max-clients N     most client connections; one more is told
+                      \"max number of clients reached\" [default: 10000]
+  --max-output SIZE   a client whose unread replies exceed SIZE is
+                      disconnected [default: 256mb]
+  --idle-timeout DURATION
+                      close a client idle that long; 0 means never
+                      [default: 0]
+  --max-memory SIZE   most memory the cache's keys, values and overhead
+                      take; least recently used entries go first
+                      [default: 64mb]
+  --max-value-size SIZE
+                      larger GET replies are passed on uncached
+                      [default: 1mb]
   -h, --help          print this help and exit
   -V, --version       print the version and exit
 
@@ -50,6 +67,17 @@ pub struct Config {
     /// Longest life of a cache entry; `None` means no expiry.
     pub ttl: Option<Duration>,
     pub tracking: TrackingMode,
+    /// Connect timeout and request timeout towards Redis.
+    pub timeout: Duration,
+    pub max_clients: usize,
+    /// Unsent output past which a client is disconnected.
+    pub max_output: usize,
+    /// `None` means clients are never closed for idling.
+    pub idle_timeout: Option<Duration>,
+    /// Bytes the cache may hold, overhead included.
+    pub max_memory: usize,
+    /// Largest reply stored in the cache.
+    pub max_value_size: usize,
 }
 
 /// Whether the cache is kept coherent by Redis's client tracking.
@@ -71,6 +99,12 @@ impl Default for Config {
             capacity: 10_000,
             ttl: Some(Duration::from_secs(60)),
             tracking: TrackingMode::Auto,
+            timeout: Duration::from_secs(5),
+            max_clients: 10_000,
+            max_output: 256 << 20,
+            idle_timeout: None,
+            max_memory: 64 << 20,
+            max_value_size: 1 << 20,
         }
     }
 }
@@ -103,6 +137,15 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, UsageError> {
         capacity: flag(&mut args, "--capacity", parse_count)?.unwrap_or(defaults.capacity),
         ttl: flag(&mut args, "--ttl", parse_ttl)?.unwrap_or(defaults.ttl),
         tracking: flag(&mut args, "--tracking", parse_tracking)?.unwrap_or(defaults.tracking),
+        timeout: flag(&mut args, "--timeout", parse_positive_duration)?.unwrap_or(defaults.timeout),
+        max_clients: flag(&mut args, "--max-clients", parse_positive_count)?
+            .unwrap_or(defaults.max_clients),
+        max_output: flag(&mut args, "--max-output", parse_size)?.unwrap_or(defaults.max_output),
+        idle_timeout: flag(&mut args, "--idle-timeout", parse_ttl)?
+            .unwrap_or(defaults.idle_timeout),
+        max_memory: flag(&mut args, "--max-memory", parse_size)?.unwrap_or(defaults.max_memory),
+        max_value_size: flag(&mut args, "--max-value-size", parse_size)?
+            .unwrap_or(defaults.max_value_size),
     };
     let rest = args.finish();
     if let Some(first) = rest.first() {
@@ -145,6 +188,45 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 fn parse_count(s: &str) -> Result<usize, String> {
     s.parse()
         .map_err(|_| "expected a whole number, such as 10000".to_string())
+}
+
+fn parse_positive_count(s: &str) -> Result<usize, String> {
+    match parse_count(s)? {
+        0 => Err("must be at least 1".to_string()),
+        n => Ok(n),
+    }
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    let d = parse_duration(s)?;
+    if d.is_zero() {
+        return Err("must be longer than 0".to_string());
+    }
+    Ok(d)
+}
+
+/// A size as Redis writes one in its config: bytes, or a number followed
+/// by k, kb, m, mb, g or gb (k = 1000, kb = 1024), in any case.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let bad = || "expected a size such as 64mb, 1gb, 512kb or 1000".to_string();
+    let digits_end = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(digits_end);
+    if number.is_empty() {
+        return Err(bad());
+    }
+    let n: usize = number.parse().map_err(|_| bad())?;
+    let multiplier: usize = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" => 1_000,
+        "kb" => 1 << 10,
+        "m" => 1_000_000,
+        "mb" => 1 << 20,
+        "g" => 1_000_000_000,
+        "gb" => 1 << 30,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(multiplier)
+        .ok_or_else(|| "size is too large".to_string())
 }
 
 fn parse_tracking(s: &str) -> Result<TrackingMode, String> {
@@ -236,6 +318,57 @@ mod tests {
     }
 
     #[test]
+    fn sizes_as_redis_writes_them() {
+        assert_eq!(parse_size("100"), Ok(100));
+        assert_eq!(parse_size("1k"), Ok(1000));
+        assert_eq!(parse_size("1kb"), Ok(1024));
+        assert_eq!(parse_size("64mb"), Ok(64 << 20));
+        assert_eq!(parse_size("64MB"), Ok(64 << 20));
+        assert_eq!(parse_size("1gb"), Ok(1 << 30));
+        assert_eq!(parse_size("2m"), Ok(2_000_000));
+        for bad in [
+            "",
+            "mb",
+            "1.5mb",
+            "-1",
+            "1tb",
+            " 1",
+            "99999999999999999999gb",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad:?} should be refused");
+        }
+        let c = config(&[
+            "--max-memory",
+            "1mb",
+            "--max-value-size=10kb",
+            "--max-output",
+            "2mb",
+        ]);
+        assert_eq!(
+            (c.max_memory, c.max_value_size, c.max_output),
+            (1 << 20, 10 << 10, 2 << 20)
+        );
+    }
+
+    #[test]
+    fn limits() {
+        let c = config(&[
+            "--timeout",
+            "250ms",
+            "--max-clients",
+            "5",
+            "--idle-timeout",
+            "30s",
+        ]);
+        assert_eq!(c.timeout, Duration::from_millis(250));
+        assert_eq!(c.max_clients, 5);
+        assert_eq!(c.idle_timeout, Some(Duration::from_secs(30)));
+        assert_eq!(config(&[]).idle_timeout, None);
+        assert!(run(&["--timeout", "0"]).is_err());
+        assert!(run(&["--max-clients", "0"]).is_err());
+    }
+
+    #[test]
     fn errors_name_the_flag() {
         let e = run(&["--ttl", "soon"]).unwrap_err().0;
         assert!(e.contains("--ttl") && e.contains("soon"), "{e}");
@@ -260,6 +393,13 @@ mod tests {
             "--redis",
             "--capacity",
             "--ttl",
+            "--tracking",
+            "--timeout",
+            "--max-clients",
+            "--max-output",
+            "--idle-timeout",
+            "--max-memory",
+            "--max-value-size",
             "--help",
             "--version",
         ] {

@@ -23,7 +23,7 @@
 //! fill the cache only through a data connection whose reads Redis tracks.
 
 use crate::backend::{info_field, Backend, Progress};
-use crate::cache::{Cache, FillTicket};
+use crate::cache::{Cache, FillTicket, Limits};
 use crate::client::{Client, Phase, ReadOutcome, Replies};
 use crate::command::{self, Action, InRefusedMulti, LibAttr};
 use crate::config::{Config, TrackingMode};
@@ -195,7 +195,24 @@ pub struct Server {
     connect_failures: u32,
     /// Set when sidecache cannot go on (`--tracking on` and Redis cannot track).
     fatal: Option<anyhow::Error>,
+    limits: ClientLimits,
+    /// While accepting fails for want of file descriptors: when to try again.
+    accept_paused_until: Option<Instant>,
+    /// When to look for idle clients next, if `--idle-timeout` is set.
+    next_idle_check: Option<Instant>,
 }
+
+/// The limits on each client, from the command line.
+struct ClientLimits {
+    max_clients: usize,
+    max_output: usize,
+    idle_timeout: Option<Duration>,
+}
+
+/// How long accepting pauses after running out of file descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+const MAX_CLIENTS_REACHED: &[u8] = b"-ERR max number of clients reached\r\n";
 
 impl Server {
     /// Binds the listener and sets up signals; connects to Redis once `run` starts.
@@ -210,11 +227,13 @@ impl Server {
         poll.registry()
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
-        let mut invalidation = Backend::new("invalidation", config.redis, INVALIDATION, now);
+        let timeout = config.timeout;
+        let mut invalidation =
+            Backend::new("invalidation", config.redis, INVALIDATION, timeout, now);
         if config.tracking == TrackingMode::Off || config.capacity == 0 {
             invalidation.turn_off(poll.registry(), now);
         }
-        let mut data_resp3 = Backend::new("data (RESP3)", config.redis, DATA_RESP3, now);
+        let mut data_resp3 = Backend::new("data (RESP3)", config.redis, DATA_RESP3, timeout, now);
         data_resp3.turn_off(poll.registry(), now);
         let registry = poll.registry().try_clone()?;
         Ok(Server {
@@ -226,11 +245,16 @@ impl Server {
             proxy: Proxy {
                 registry,
                 data: [
-                    Backend::new("data", config.redis, DATA_RESP2, now),
+                    Backend::new("data", config.redis, DATA_RESP2, timeout, now),
                     data_resp3,
                 ],
                 fills_allowed: [false; 2],
-                cache: Cache::new(config.capacity, config.ttl),
+                cache: Cache::new(Limits {
+                    capacity: config.capacity,
+                    ttl: config.ttl,
+                    max_memory: config.max_memory,
+                    max_value_size: config.max_value_size,
+                }),
                 commands: None,
                 redis_version: None,
                 opened: None,
@@ -253,6 +277,15 @@ impl Server {
             shutdown_deadline: None,
             connect_failures: 0,
             fatal: None,
+            limits: ClientLimits {
+                max_clients: config.max_clients,
+                max_output: config.max_output,
+                idle_timeout: config.idle_timeout,
+            },
+            accept_paused_until: None,
+            next_idle_check: config
+                .idle_timeout
+                .map(|idle| now + idle_check_interval(idle)),
         })
     }
 
@@ -343,6 +376,8 @@ impl Server {
             self.invalidation.next_deadline(),
             keepalive,
             self.shutdown_deadline,
+            self.accept_paused_until,
+            self.next_idle_check,
         ];
         deadlines
             .into_iter()
@@ -354,6 +389,9 @@ impl Server {
     // ---- clients -------------------------------------------------------
 
     fn accept(&mut self) {
+        if self.accept_paused_until.is_some() {
+            return; // the timer resumes accepting
+        }
         loop {
             let Some(listener) = &self.listener else {
                 return;
@@ -371,12 +409,22 @@ impl Server {
                 }
                 Err(e) => {
                     // Out of file descriptors and the like: keep serving the
-                    // clients we have; the listener signals again on the next
-                    // connection.
-                    log!("cannot accept a client: {e}");
+                    // clients we have and try again shortly. The listener
+                    // would not signal again for connections already waiting.
+                    log!(
+                        "cannot accept a client: {e}; trying again in {:?}",
+                        ACCEPT_PAUSE
+                    );
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_PAUSE);
                     return;
                 }
             };
+            if self.clients.len() >= self.limits.max_clients {
+                // Best effort, as Redis does: the socket is new, so the
+                // short error fits in its send buffer.
+                let _ = std::io::Write::write(&mut stream, MAX_CLIENTS_REACHED);
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let entry = self.clients.vacant_entry();
             let key = entry.key();
@@ -457,6 +505,7 @@ impl Server {
         while client.can_take_more() {
             match client.input.next_request() {
                 Ok(Some(request)) => {
+                    client.last_request = now;
                     if request.argc() > 0 {
                         execute(client, key, &request, &mut self.proxy, now);
                         replied = true;
@@ -501,7 +550,9 @@ impl Server {
             if client.phase == Phase::Closed {
                 continue;
             }
-            if client.flush().is_err() {
+            if client.flush().is_err() || client.replies.unsent() > self.limits.max_output {
+                // A client that does not read its replies is let go before
+                // they pile up without bound.
                 self.close(key);
                 continue;
             }
@@ -1009,6 +1060,10 @@ impl Server {
                 Some(due) if now >= due && data.is_connecting() => {
                     self.data_lost(protocol, "connect timed out", now);
                 }
+                Some(due) if now >= due && data.is_ready() => {
+                    let why = format!("no reply within {:?}", data.timeout());
+                    self.data_lost(protocol, &why, now);
+                }
                 Some(due) if now >= due && !stopping => {
                     match data.connect(self.poll.registry(), now) {
                         Ok(()) => {
@@ -1025,6 +1080,9 @@ impl Server {
             Some(due) if now >= due && self.invalidation.is_connecting() => {
                 self.invalidation_lost("connect timed out", now);
             }
+            Some(due) if now >= due && self.invalidation.is_ready() => {
+                self.invalidation_lost("no reply in time", now);
+            }
             Some(due) if now >= due && !stopping => {
                 // A failed connect is retried after the backoff; the data
                 // connection's log already says when Redis is unreachable.
@@ -1033,6 +1091,16 @@ impl Server {
                 }
             }
             _ => {}
+        }
+        if self.accept_paused_until.is_some_and(|until| now >= until) {
+            self.accept_paused_until = None;
+            self.accept();
+        }
+        if let (Some(idle), Some(due)) = (self.limits.idle_timeout, self.next_idle_check) {
+            if now >= due {
+                self.close_idle_clients(idle, now);
+                self.next_idle_check = Some(now + idle_check_interval(idle));
+            }
         }
         if let Some(sent) = self.tracking.ping_sent_at {
             if now >= sent + KEEPALIVE_TIMEOUT {
@@ -1044,6 +1112,24 @@ impl Server {
             self.invalidation.queue(InvalidationRequest::Ping, |out| {
                 resp::command(out, &["PING"])
             });
+        }
+    }
+
+    /// Closes the clients that sent nothing for `idle` and are owed nothing.
+    fn close_idle_clients(&mut self, idle: Duration, now: Instant) {
+        let idle_keys: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| {
+                c.phase == Phase::Open
+                    && c.replies.owed() == 0
+                    && c.replies.unsent() == 0
+                    && now.saturating_duration_since(c.last_request) >= idle
+            })
+            .map(|(key, _)| key)
+            .collect();
+        for key in idle_keys {
+            self.close(key);
         }
     }
 
@@ -1287,6 +1373,12 @@ fn forward(
         };
         data.queue(fill, |out| resp::command(out, &[&b"PTTL"[..], cache_key]));
     }
+}
+
+/// How often idle clients are looked for: often enough that one is closed
+/// within about a tenth of `idle` past it, at most once a second.
+fn idle_check_interval(idle: Duration) -> Duration {
+    (idle / 10).clamp(Duration::from_millis(10), Duration::from_secs(1))
 }
 
 /// Queues what every new data connection starts with, ahead of any client
