@@ -18,10 +18,9 @@ use std::time::Instant;
 pub const MAX_PENDING_REPLIES: usize = 1024;
 /// Output waiting to be written past which sidecache stops reading from the client.
 pub const OUTPUT_HIGH_WATER: usize = 1 << 20;
-/// Bytes asked of the kernel per read.
-const READ_CHUNK: usize = 16 * 1024;
-/// An idle buffer larger than this is given back to the allocator.
-const KEEP_IDLE_CAPACITY: usize = 64 * 1024;
+/// An emptied buffer larger than this is given back to the allocator, so an
+/// idle connection holds next to nothing however much it once sent or read.
+const KEEP_IDLE_CAPACITY: usize = 4 * 1024;
 
 /// Where a connection is in its life. Every transition is in `server`:
 /// `Open` → `Draining` on QUIT, a protocol error, end of input or shutdown;
@@ -108,9 +107,10 @@ impl Client {
         self.phase == Phase::Draining && self.replies.slots.is_empty() && self.replies.unsent() == 0
     }
 
-    /// Reads one chunk from the socket.
-    pub fn read(&mut self) -> ReadOutcome {
-        match self.input.read_from(&mut self.stream) {
+    /// Reads one chunk from the socket through `scratch`, a buffer shared
+    /// by every client, so that only unparsed input is kept per client.
+    pub fn read(&mut self, scratch: &mut [u8]) -> ReadOutcome {
+        match self.input.read_from(&mut self.stream, scratch) {
             Ok(0) => ReadOutcome::Eof,
             Ok(_) => ReadOutcome::Data,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
@@ -185,18 +185,16 @@ impl Input {
         }
     }
 
-    fn read_from(&mut self, stream: &mut TcpStream) -> io::Result<usize> {
+    fn read_from(&mut self, stream: &mut TcpStream, scratch: &mut [u8]) -> io::Result<usize> {
+        let n = stream.read(scratch)?;
         // Move the partial request to the front before growing, so a
         // long-lived connection does not creep forward through memory.
-        if self.start > 0 && self.buf.capacity() - self.buf.len() < READ_CHUNK {
+        if self.start > 0 && self.buf.capacity() - self.buf.len() < n {
             self.buf.drain(..self.start);
             self.start = 0;
         }
-        let filled = self.buf.len();
-        self.buf.resize(filled + READ_CHUNK, 0);
-        let result = stream.read(&mut self.buf[filled..]);
-        self.buf.truncate(filled + *result.as_ref().unwrap_or(&0));
-        result
+        self.buf.extend_from_slice(&scratch[..n]);
+        Ok(n)
     }
 }
 

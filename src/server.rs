@@ -196,6 +196,8 @@ pub struct Server {
     /// Set when sidecache cannot go on (`--tracking on` and Redis cannot track).
     fatal: Option<anyhow::Error>,
     limits: ClientLimits,
+    /// Every client read goes through this one buffer.
+    scratch: Vec<u8>,
     /// While accepting fails for want of file descriptors: when to try again.
     accept_paused_until: Option<Instant>,
     /// When to look for idle clients next, if `--idle-timeout` is set.
@@ -208,6 +210,9 @@ struct ClientLimits {
     max_output: usize,
     idle_timeout: Option<Duration>,
 }
+
+/// Bytes asked of the kernel per client read.
+const READ_CHUNK: usize = 64 * 1024;
 
 /// How long accepting pauses after running out of file descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
@@ -282,6 +287,7 @@ impl Server {
                 max_output: config.max_output,
                 idle_timeout: config.idle_timeout,
             },
+            scratch: vec![0; READ_CHUNK],
             accept_paused_until: None,
             next_idle_check: config
                 .idle_timeout
@@ -472,7 +478,7 @@ impl Server {
             if !client.can_take_more() || !client.readable {
                 return;
             }
-            match client.read() {
+            match client.read(&mut self.scratch) {
                 ReadOutcome::Data | ReadOutcome::Drained => {}
                 ReadOutcome::Eof => {
                     // The client may half-close after its last request and
