@@ -408,45 +408,7 @@ impl RedisServer {
     }
 
     fn try_launch(&mut self) -> Result<(), String> {
-        self.starts += 1;
-        let log = self.dir.join(format!("redis-{}.log", self.starts));
-        let child = Command::new(redis_server_path())
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1"])
-            .args(["--save", ""])
-            .args(["--appendonly", "no"])
-            .args(["--daemonize", "no"])
-            .args(["--enable-debug-command", "yes"])
-            .args(["--dir", self.dir.to_str().unwrap()])
-            .stdin(Stdio::null())
-            .stdout(File::create(&log).unwrap())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .map_err(|e| format!("spawn redis-server: {e}"))?;
-        let pid = child.id();
-        self.child = Some(child);
-        let deadline = Instant::now() + START_TIMEOUT;
-        loop {
-            if !self.is_running() {
-                let status = self.child.take().unwrap().wait().ok();
-                return Err(format!(
-                    "redis-server exited early ({status:?}); log:\n{}",
-                    fs::read_to_string(&log).unwrap_or_default()
-                ));
-            }
-            // Ours (not someone else's on the same port) and answering PING.
-            if pid_listens_on(pid, self.port) != Some(false) && ping_ok(self.port) {
-                return Ok(());
-            }
-            if Instant::now() >= deadline {
-                self.kill();
-                return Err(format!(
-                    "redis-server did not answer PING on port {} within {START_TIMEOUT:?}",
-                    self.port
-                ));
-            }
-            thread::sleep(Duration::from_millis(10));
-        }
+        self.try_launch_with(&[])
     }
 
     /// SIGKILL (a crash, as far as clients can tell) and reap.
