@@ -205,6 +205,8 @@ pub struct Replies {
     slots: VecDeque<Slot>,
     /// Sequence number of the slot at the front of `slots`.
     first_seq: u64,
+    /// Bytes of the ready replies waiting in `slots`.
+    slot_bytes: usize,
     output: Vec<u8>,
     sent: usize,
 }
@@ -227,6 +229,7 @@ impl Replies {
         if self.slots.is_empty() {
             self.output.extend_from_slice(reply);
         } else {
+            self.slot_bytes += reply.len();
             self.slots.push_back(Slot::Ready(reply.to_vec()));
         }
     }
@@ -236,6 +239,7 @@ impl Replies {
         if self.slots.is_empty() {
             self.output.extend_from_slice(&reply);
         } else {
+            // Shared with the cache, it costs nothing more while it waits.
             self.slots.push_back(Slot::Shared(reply));
         }
     }
@@ -254,6 +258,7 @@ impl Replies {
             self.release_ready();
         } else if let Some(slot) = self.slots.get_mut(index) {
             debug_assert!(matches!(slot, Slot::Waiting));
+            self.slot_bytes += reply.len();
             *slot = Slot::Ready(reply.to_vec());
         }
     }
@@ -262,7 +267,10 @@ impl Replies {
         while let Some(slot) = self.slots.front() {
             match slot {
                 Slot::Waiting => break,
-                Slot::Ready(bytes) => self.output.extend_from_slice(bytes),
+                Slot::Ready(bytes) => {
+                    self.slot_bytes -= bytes.len();
+                    self.output.extend_from_slice(bytes)
+                }
                 Slot::Shared(bytes) => self.output.extend_from_slice(bytes),
             }
             self.slots.pop_front();
@@ -279,6 +287,12 @@ impl Replies {
     pub fn unsent(&self) -> usize {
         self.output.len() - self.sent
     }
+
+    /// Bytes of replies held for the client: unsent output and ready
+    /// replies waiting behind an earlier one.
+    pub fn held(&self) -> usize {
+        self.unsent() + self.slot_bytes
+    }
 }
 
 #[cfg(test)]
@@ -293,10 +307,13 @@ mod tests {
         let miss2 = r.reserve();
         r.push_shared(Rc::from(&b"+hit2\r\n"[..]));
         assert_eq!(r.unsent(), 0, "nothing may overtake the first miss");
+        assert_eq!(r.held(), 7, "a shared reply costs nothing more");
         r.fill(miss2, b"+miss2\r\n");
         assert_eq!(r.unsent(), 0);
+        assert_eq!(r.held(), 7 + 8);
         r.fill(miss1, b"+miss1\r\n");
         assert_eq!(r.output, b"+miss1\r\n+hit1\r\n+miss2\r\n+hit2\r\n");
+        assert_eq!(r.held(), r.output.len());
         assert_eq!(r.owed(), 0);
         r.push(b"+now\r\n");
         assert!(r.output.ends_with(b"+now\r\n"));

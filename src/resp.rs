@@ -792,8 +792,11 @@ fn parse_value_at(buf: &[u8], at: &mut usize, depth: usize) -> Result<Value, Fra
         .windows(2)
         .position(|w| w == b"\r\n")
         .ok_or(FrameError("incomplete reply"))?;
-    let kind = *rest.first().ok_or(FrameError("incomplete reply"))?;
-    let line = &rest[1..line_len];
+    // A line of just CRLF has no type byte; `get` keeps that from panicking.
+    let (kind, line) = match rest.get(..line_len) {
+        Some([kind, line @ ..]) => (*kind, line),
+        _ => return Err(FrameError("reply without a type")),
+    };
     *at += line_len + 2;
     let length = || parse_int(line).ok_or(FrameError("invalid length"));
     match kind {
