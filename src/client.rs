@@ -51,8 +51,10 @@ pub struct Client {
     switching: bool,
     /// Between a MULTI that sidecache refused and its EXEC or DISCARD.
     pub in_refused_multi: bool,
-    /// When its last request arrived (or it connected), for `--idle-timeout`.
-    pub last_request: Instant,
+    /// When it last sent a request or was last sent all it was owed (or
+    /// connected), for `--idle-timeout`: as in Redis, a client is idle only
+    /// from when the connection last did something.
+    pub last_activity: Instant,
     pub input: Input,
     pub replies: Replies,
     /// Readable readiness seen and not yet used up (edge-triggered: cleared
@@ -74,7 +76,7 @@ impl Client {
             protocol: Protocol::Resp2,
             switching: false,
             in_refused_multi: false,
-            last_request: Instant::now(),
+            last_activity: Instant::now(),
             input: Input::default(),
             replies: Replies::default(),
             readable: false,

@@ -518,7 +518,7 @@ impl Server {
         while client.can_take_more() {
             match client.input.next_request() {
                 Ok(Some(request)) => {
-                    client.last_request = now;
+                    client.last_activity = now;
                     if request.argc() > 0 {
                         execute(client, key, &request, &mut self.proxy, now);
                         replied = true;
@@ -578,6 +578,9 @@ impl Server {
             if client.flush().is_err() {
                 self.close(key);
                 continue;
+            }
+            if client.replies.owed() == 0 && client.replies.unsent() == 0 {
+                client.last_activity = Instant::now();
             }
             // A client paused at a limit (or with requests still buffered)
             // carries on now that replies have gone out.
@@ -1151,7 +1154,7 @@ impl Server {
                 c.phase == Phase::Open
                     && c.replies.owed() == 0
                     && c.replies.unsent() == 0
-                    && now.saturating_duration_since(c.last_request) >= idle
+                    && now.saturating_duration_since(c.last_activity) >= idle
             })
             .map(|(key, _)| key)
             .collect();
