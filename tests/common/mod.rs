@@ -1360,3 +1360,182 @@ impl Conn {
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Hardening helpers: a process's memory, CPU time and descriptors from
+// /proc, the server's end of a connection, half-closing, replies with a
+// deadline that do not panic.
+// ---------------------------------------------------------------------------
+
+/// A `kB` field of /proc/<pid>/status (`"VmRSS"`, `"VmHWM"`, `"VmSize"`),
+/// in bytes; `None` when /proc cannot tell.
+pub fn proc_status_bytes(pid: u32, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let prefix = format!("{field}:");
+    let kb: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
+}
+
+/// Resident memory of process `pid` now, in bytes.
+#[track_caller]
+pub fn rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmRSS").unwrap_or_else(|| panic!("no VmRSS for process {pid}"))
+}
+
+/// Peak resident memory of process `pid` so far (VmHWM), in bytes.
+#[track_caller]
+pub fn peak_rss_bytes(pid: u32) -> u64 {
+    proc_status_bytes(pid, "VmHWM").unwrap_or_else(|| panic!("no VmHWM for process {pid}"))
+}
+
+/// Bytes as mebibytes, for messages.
+pub fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+/// The kernel's clock ticks per second (`getconf CLK_TCK`; 100 if unknown).
+pub fn clock_ticks_per_second() -> u64 {
+    static TICKS: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *TICKS.get_or_init(|| {
+        Command::new("getconf")
+            .arg("CLK_TCK")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8(o.stdout).ok())
+            .and_then(|s| s.trim().parse().ok())
+            .filter(|&t| t > 0)
+            .unwrap_or(100)
+    })
+}
+
+/// CPU time (user + system) process `pid` has used so far.
+#[track_caller]
+pub fn cpu_time(pid: u32) -> Duration {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat"))
+        .unwrap_or_else(|e| panic!("read /proc/{pid}/stat: {e}"));
+    // Fields after the command name: state is field 3, utime 14, stime 15.
+    let rest: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("/proc/<pid>/stat without ')'")
+        .1
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = rest[11].parse::<u64>().unwrap() + rest[12].parse::<u64>().unwrap();
+    Duration::from_millis(ticks * 1000 / clock_ticks_per_second())
+}
+
+/// How many file descriptors process `pid` has open.
+pub fn open_fd_count(pid: u32) -> usize {
+    fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Whether process `pid` still holds socket `inode`.
+pub fn process_holds_socket(pid: u32, inode: u64) -> bool {
+    socket_inodes_of(pid).unwrap_or_default().contains(&inode)
+}
+
+/// What [`Conn::poll_reply`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Polled {
+    /// One complete reply, raw.
+    Reply(Vec<u8>),
+    /// The peer closed (or reset); the bytes that came before it.
+    Eof(Vec<u8>),
+    /// No complete reply before the deadline (the connection is open).
+    Nothing,
+}
+
+impl Conn {
+    /// The inode of the server's end of this connection once process
+    /// `server_pid` has accepted it; fails if it does not within 5 s.
+    #[track_caller]
+    pub fn accepted_by(&self, server_pid: u32) -> u64 {
+        poll_until(Duration::from_secs(5), Duration::from_millis(2), || {
+            self.server_side_inode()
+                .filter(|&i| i != 0 && process_holds_socket(server_pid, i))
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "process {server_pid} did not accept the connection from port {}",
+                self.local_port()
+            )
+        })
+    }
+
+    /// Shuts down the sending half (FIN); replies can still be read.
+    pub fn shutdown_write(&self) {
+        self.stream
+            .shutdown(std::net::Shutdown::Write)
+            .expect("shutdown(Write)");
+    }
+
+    /// Waits at most `d` for one complete RESP2 reply, without panicking
+    /// on a timeout or EOF.
+    #[track_caller]
+    pub fn poll_reply(&mut self, d: Duration) -> Polled {
+        let deadline = Instant::now() + d;
+        loop {
+            match parse_reply(&self.buf) {
+                Ok(Some((_, used))) => return Polled::Reply(self.buf.drain(..used).collect()),
+                Ok(None) => {}
+                Err(e) => panic!("unparseable reply ({e}): {}", escape(&self.buf)),
+            }
+            match self.fill(deadline) {
+                Ok(0) => return Polled::Eof(std::mem::take(&mut self.buf)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return Polled::Nothing,
+                Err(_) => return Polled::Eof(std::mem::take(&mut self.buf)),
+            }
+        }
+    }
+
+    /// Reads and discards everything until the peer closes; returns how
+    /// many bytes came, or `None` if it is still open after `d`.
+    pub fn drain_until_eof(&mut self, d: Duration) -> Option<u64> {
+        let deadline = Instant::now() + d;
+        let mut total = self.buf.len() as u64;
+        self.buf.clear();
+        loop {
+            match self.fill(deadline) {
+                Ok(0) => return Some(total),
+                Ok(n) => {
+                    total += n as u64;
+                    self.buf.clear();
+                }
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => return None,
+                Err(_) => return Some(total),
+            }
+        }
+    }
+}
+
+/// Bytes waiting unread in the server side of all established connections
+/// to `port`, summed (e.g. everything clients sent that sidecache has not
+/// read yet).
+pub fn unread_bytes_total_at(port: u16) -> u64 {
+    tcp_entries()
+        .unwrap_or_default()
+        .iter()
+        .filter(|e| e.local_port == port && e.state == 0x01)
+        .map(|e| e.rx_queue)
+        .sum()
+}
+
+/// This process's soft limit on open files (from /proc/self/limits).
+pub fn open_files_soft_limit() -> Option<u64> {
+    let text = fs::read_to_string("/proc/self/limits").ok()?;
+    let line = text.lines().find(|l| l.starts_with("Max open files"))?;
+    line["Max open files".len()..]
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
+}
