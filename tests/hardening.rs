@@ -1017,14 +1017,23 @@ fn idle_clients_are_closed_but_active_and_waiting_ones_are_not() {
     );
     redis.resume();
     waiting.expect(NIL);
-    // ... and once answered and quiet, it is closed too. (The idle time
-    // counts from its last request, so this can be at once.)
+    // ... and once answered and quiet, it is closed too, but only an idle
+    // timeout after its reply: its idle time counts from the reply, as in
+    // Redis, so a request sent right after a slow reply is not lost.
     let t = Instant::now();
+    assert_eq!(
+        waiting.poll_reply(Duration::from_millis(150)),
+        Polled::Nothing,
+        "a client closed at once after a slow reply"
+    );
+    waiting.ping();
     waiting.set_timeout(Duration::from_secs(3));
     waiting.expect_eof();
-    println!(
-        "idle-timeout 300ms: a client answered after waiting 1 s was closed {:?} after its reply",
-        t.elapsed()
+    let closed_after = t.elapsed();
+    println!("idle-timeout 300ms: a client answered after waiting 1 s was closed {closed_after:?} after its reply");
+    assert!(
+        closed_after >= Duration::from_millis(300),
+        "closed {closed_after:?} after its reply, before its idle timeout"
     );
 }
 
