@@ -1058,7 +1058,6 @@ fn trickled_long_lines_take_linear_time() {
 /// input the framer would have refused, but the module promises no panic on
 /// any input.
 #[test]
-#[ignore = "fails until parse_value refuses a line with no type byte (src/resp.rs)"]
 fn regression_parse_value_line_without_type_byte() {
     for input in [
         &b"\r\n"[..],
