@@ -1,10 +1,13 @@
 //! sidecache: a read-caching sidecar proxy for Redis.
 //!
 //! ```text
-//!  app ──RESP/inline──▶ client ──▶ command policy ─┬─▶ local reply (PING, HELLO, refused…)
-//!   ▲                   (slots)                   ├─▶ cache hit
-//!   │                                             └─▶ backend ══ one pipelined socket ══▶ Redis
-//!   │                                                  in-flight FIFO ◀── reply framer ◀──┘
+//!  app ──RESP2/3, inline──▶ client ──▶ command policy ─┬─▶ local reply (PING, HELLO, refused…)
+//!   ▲                       (slots)                   ├─▶ cache hit
+//!   │                                                 └─▶ data connection of the client's
+//!   │                                                     protocol ══ pipelined ══▶ Redis
+//!   │                                 in-flight FIFO ◀── reply framer ◀──┘    │ tracking
+//!   │                                        │ (fill tickets) ▼               ▼ invalidations
+//!   │                                        └──▶ cache ◀── invalidation connection
 //!   └──────── reply slots, filled in any order, written in request order ◀─┘
 //! ```
 //!
@@ -13,11 +16,12 @@
 //! - [`resp`]: request parser, reply framer and encoders (pure).
 //! - [`command`]: what sidecache does with each request: cache, answer, refuse or forward (pure).
 //! - [`keys`]: which keys a command writes, learned from Redis's `COMMAND` reply (pure).
-//! - [`cache`]: the LRU + TTL cache of GET replies (pure).
+//! - [`cache`]: the LRU + TTL cache of GET replies and its fill tickets (pure).
 //! - [`client`]: one client connection: its input, its ordered reply slots, its output.
 //! - [`backend`]: a connection to Redis: connecting, backoff, the in-flight FIFO.
 //! - [`tracking`]: Redis's client tracking as seen on the invalidation connection (pure).
 //! - [`server`]: the event loop that owns all of the above.
+//! - [`log`]: timestamped log lines on stderr.
 
 pub mod backend;
 pub mod cache;
