@@ -62,7 +62,7 @@ pub struct Limits {
     pub capacity: usize,
     /// Longest life of an entry; `None`: until evicted or invalidated.
     pub ttl: Option<Duration>,
-    /// Most bytes, counted by [`entry_size`].
+    /// Most bytes: keys, replies and `ENTRY_OVERHEAD` per entry.
     pub max_memory: usize,
     /// Largest reply stored.
     pub max_value_size: usize,
@@ -74,7 +74,7 @@ pub struct Cache {
     /// eviction is seen and accounted.
     entries: Option<LruCache<Box<[u8]>, Entry>>,
     limits: Limits,
-    /// Bytes held, by [`entry_size`].
+    /// Bytes held: keys, replies and `ENTRY_OVERHEAD` per entry.
     used: usize,
     serving: bool,
     fills: HashMap<Box<[u8]>, PendingFills>,
