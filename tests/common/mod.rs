@@ -982,10 +982,16 @@ impl Conn {
     /// Reads one complete reply and returns its raw bytes.
     #[track_caller]
     pub fn read_reply_raw(&mut self) -> Vec<u8> {
+        self.read_framed(|buf| parse_reply(buf).map(|r| r.map(|(_, used)| used)))
+    }
+
+    /// Reads until `frame` finds one complete reply; returns its raw bytes.
+    #[track_caller]
+    fn read_framed(&mut self, frame: fn(&[u8]) -> Result<Option<usize>, String>) -> Vec<u8> {
         let deadline = Instant::now() + self.timeout;
         loop {
-            match parse_reply(&self.buf) {
-                Ok(Some((_, used))) => return self.buf.drain(..used).collect(),
+            match frame(&self.buf) {
+                Ok(Some(used)) => return self.buf.drain(..used).collect(),
                 Ok(None) => {}
                 Err(e) => panic!("unparseable reply ({e}): {}", escape(&self.buf)),
             }
@@ -1341,23 +1347,7 @@ impl Conn {
     /// Reads one complete reply, RESP2 or RESP3, and returns its raw bytes.
     #[track_caller]
     pub fn read_reply3_raw(&mut self) -> Vec<u8> {
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            match resp3_reply_len(&self.buf) {
-                Ok(Some(used)) => return self.buf.drain(..used).collect(),
-                Ok(None) => {}
-                Err(e) => panic!("unparseable reply ({e}): {}", escape(&self.buf)),
-            }
-            match self.fill(deadline) {
-                Ok(0) => panic!("EOF in the middle of a reply: {}", escape(&self.buf)),
-                Ok(_) => {}
-                Err(e) => panic!(
-                    "no complete reply within {:?} ({e}); have {}",
-                    self.timeout,
-                    escape(&self.buf)
-                ),
-            }
-        }
+        self.read_framed(resp3_reply_len)
     }
 }
 
