@@ -378,17 +378,7 @@ impl Spec {
 /// A key count as Redis's `string2ll` reads it: `0`, or digits without a
 /// leading zero or sign, fitting an i64. Negative counts are refused anyway.
 fn parse_count(s: &[u8]) -> Option<i64> {
-    match s {
-        [b'0'] => return Some(0),
-        [b'1'..=b'9', ..] => {}
-        _ => return None,
-    }
-    s.iter().try_fold(0i64, |n, &d| {
-        if !d.is_ascii_digit() {
-            return None;
-        }
-        n.checked_mul(10)?.checked_add(i64::from(d - b'0'))
-    })
+    crate::resp::parse_int(s).filter(|n| *n >= 0)
 }
 
 /// `name` in ASCII lowercase in `buf`, or `None` if longer than [`MAX_NAME_LEN`].

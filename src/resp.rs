@@ -392,7 +392,7 @@ fn hex_digit(b: u8) -> Option<u8> {
 
 /// Redis's `string2ll`: an optional `-`, then digits with no leading zero
 /// (`0` alone excepted), nothing else, no overflow.
-fn parse_int(s: &[u8]) -> Option<i64> {
+pub(crate) fn parse_int(s: &[u8]) -> Option<i64> {
     let (negative, digits) = match s {
         [b'-', rest @ ..] => (true, rest),
         _ => (false, s),
