@@ -55,8 +55,9 @@ pub struct Backend<T> {
     input: Vec<u8>,
     input_start: usize,
     framer: ReplyFramer,
-    /// Each request waiting for a reply, with when it was queued.
-    in_flight: VecDeque<(T, Instant)>,
+    /// Each request waiting for a reply, with when it was queued; `None`
+    /// for one that may take as long as it likes (a blocking command).
+    in_flight: VecDeque<(T, Option<Instant>)>,
     backoff: Duration,
     /// Longest wait for the connect, and for the reply to the oldest request.
     timeout: Duration,
@@ -115,7 +116,11 @@ impl<T> Backend<T> {
             State::Connecting { deadline, .. } => Some(deadline),
             // Redis must answer the oldest request in time, or the
             // connection is taken for dead.
-            State::Ready { .. } => self.in_flight.front().map(|(_, sent)| *sent + self.timeout),
+            State::Ready { .. } => self
+                .in_flight
+                .front()
+                .and_then(|(_, sent)| *sent)
+                .map(|sent| sent + self.timeout),
             State::Off => None,
         }
     }
@@ -196,7 +201,16 @@ impl<T> Backend<T> {
     pub fn queue(&mut self, entry: T, write: impl FnOnce(&mut Vec<u8>)) {
         debug_assert!(self.accepts_requests());
         write(&mut self.out);
-        self.in_flight.push_back((entry, Instant::now()));
+        self.in_flight.push_back((entry, Some(Instant::now())));
+    }
+
+    /// Like `queue`, for a request Redis may rightly take any time to
+    /// answer (a blocking command): `--timeout` does not apply while it is
+    /// the oldest one waiting.
+    pub fn queue_untimed(&mut self, entry: T, write: impl FnOnce(&mut Vec<u8>)) {
+        debug_assert!(self.accepts_requests());
+        write(&mut self.out);
+        self.in_flight.push_back((entry, None));
     }
 
     /// Whether requests are waiting to be written.

@@ -68,6 +68,39 @@ pub struct Limits {
     pub max_value_size: usize,
 }
 
+/// The keys a forwarded write touches, or all of them: dropped from the
+/// cache when the write is sent, and again when its reply arrives, since a
+/// GET on another connection to Redis may run before the write although
+/// it was sent after it.
+#[derive(Debug)]
+pub enum Rewrites {
+    Keys(Vec<Box<[u8]>>),
+    Everything,
+}
+
+impl Rewrites {
+    /// Adds what `other` touches.
+    pub fn merge(&mut self, other: Rewrites) {
+        match (self, other) {
+            (Rewrites::Everything, _) => {}
+            (this, Rewrites::Everything) => *this = Rewrites::Everything,
+            (Rewrites::Keys(keys), Rewrites::Keys(more)) => keys.extend(more),
+        }
+    }
+
+    /// Drops what it names from `cache`.
+    pub fn apply(&self, cache: &mut Cache) {
+        match self {
+            Rewrites::Keys(keys) => {
+                for key in keys {
+                    cache.invalidate(key);
+                }
+            }
+            Rewrites::Everything => cache.clear(),
+        }
+    }
+}
+
 pub struct Cache {
     /// `None` when caching is off (`--capacity 0`). Unbounded by count in
     /// hashlink: the count and byte limits are enforced here, so that every

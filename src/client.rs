@@ -6,6 +6,7 @@
 //! gone out. This module never decides what a request means and never
 //! talks to Redis; the server does both.
 
+use crate::pubsub::ClientSubscriptions;
 use crate::resp::{Protocol, ProtocolError, Request, RequestParser};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
@@ -45,12 +46,17 @@ pub struct Client {
     pub phase: Phase,
     /// The protocol its replies are in; requests go to the data connection of this protocol.
     pub protocol: Protocol,
-    /// Set when the client switched protocol with replies still owed: its
-    /// next requests wait until those are answered, since they would go
-    /// to another connection and could otherwise run before them.
-    switching: bool,
+    /// Set when the client's next request goes to another connection to
+    /// Redis than those still owing it replies (it switched protocol, or
+    /// needs a connection of its own): the request waits until those are
+    /// answered, since it could otherwise run before them.
+    barrier: bool,
     /// Between a MULTI that sidecache refused and its EXEC or DISCARD.
     pub in_refused_multi: bool,
+    /// The slab key of the connection to Redis pinned to this client, while
+    /// it holds a transaction or a blocking call there.
+    pub pinned: Option<usize>,
+    pub subscriptions: ClientSubscriptions,
     /// When it last sent a request or was last sent all it was owed (or
     /// connected), for `--idle-timeout`: as in Redis, a client is idle only
     /// from when the connection last did something.
@@ -74,8 +80,10 @@ impl Client {
             id,
             phase: Phase::Open,
             protocol: Protocol::Resp2,
-            switching: false,
+            barrier: false,
             in_refused_multi: false,
+            pinned: None,
+            subscriptions: ClientSubscriptions::default(),
             last_activity: Instant::now(),
             input: Input::default(),
             replies: Replies::default(),
@@ -89,11 +97,11 @@ impl Client {
 
     /// Whether the client is below its limits and may have more requests read.
     pub fn can_take_more(&mut self) -> bool {
-        if self.switching && self.replies.slots.is_empty() {
-            self.switching = false;
+        if self.barrier && self.replies.slots.is_empty() {
+            self.barrier = false;
         }
         self.phase == Phase::Open
-            && !self.switching
+            && !self.barrier
             && self.replies.slots.len() < MAX_PENDING_REPLIES
             && self.replies.unsent() < OUTPUT_HIGH_WATER
     }
@@ -101,7 +109,12 @@ impl Client {
     /// Switches the protocol of the replies to come.
     pub fn switch_protocol(&mut self, protocol: Protocol) {
         self.protocol = protocol;
-        self.switching = !self.replies.slots.is_empty();
+        self.wait_for_replies();
+    }
+
+    /// Holds the next request until every owed reply has arrived.
+    pub fn wait_for_replies(&mut self) {
+        self.barrier = !self.replies.slots.is_empty();
     }
 
     /// Whether the connection has nothing more to do and can be closed.

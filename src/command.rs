@@ -6,6 +6,7 @@
 //! looks at argument bytes only and never touches a socket or the cache.
 //! The README's command table mirrors this file.
 
+use crate::pubsub::Kind;
 use crate::resp::Protocol;
 
 /// What to do with one request. Positions refer to the request's arguments.
@@ -41,17 +42,24 @@ pub enum Action {
     ClientId,
     /// Answer with this error (without the leading `-`), connection kept.
     Error(String),
-    /// `MULTI`: refused, and so is every command after it up to `EXEC` or
-    /// `DISCARD`, which the client meant to run only inside the transaction.
-    RefuseMulti,
+    /// `MULTI` or `WATCH`: the client needs a connection to Redis of its
+    /// own until `EXEC`, `DISCARD` or `UNWATCH` ends the state.
+    Transaction,
+    /// A blocking command: it runs on a connection of the client's own,
+    /// so that only the client waits.
+    Blocking,
+    /// `(P|S)SUBSCRIBE`, with the channels from argument 1 on.
+    Subscribe(Kind),
+    /// `(P|S)UNSUBSCRIBE`, from the given channels or from all of them.
+    Unsubscribe(Kind),
+    /// `RESET`: the connection back to its state when it opened.
+    Reset,
 }
 
-/// The error that refuses MULTI.
-pub fn multi_refused() -> String {
-    format!(
-        "ERR 'multi' is not supported by sidecache: {TRANSACTIONS}; \
-         the commands up to EXEC or DISCARD will not run"
-    )
+/// The error that refuses MULTI when the client cannot have a connection
+/// of its own; the commands up to EXEC or DISCARD are refused too.
+pub fn multi_refused(reason: &str) -> String {
+    format!("{reason}; the commands up to EXEC or DISCARD will not run")
 }
 
 /// What happens to a request sent after a refused MULTI, before its EXEC or DISCARD.
@@ -77,7 +85,7 @@ pub fn in_refused_multi(name: &[u8]) -> InRefusedMulti {
         b"QUIT" => InRefusedMulti::Quit,
         b"MULTI" => InRefusedMulti::NotRun("ERR MULTI calls can not be nested".into()),
         _ => InRefusedMulti::NotRun(format!(
-            "ERR '{}' did not run: sidecache refused the MULTI before it ({TRANSACTIONS})",
+            "ERR '{}' did not run: sidecache refused the MULTI before it",
             String::from_utf8_lossy(name).to_ascii_lowercase()
         )),
     }
@@ -107,27 +115,32 @@ pub fn classify<'a>(argc: usize, arg: impl Fn(usize) -> &'a [u8]) -> Action {
         b"QUIT" => Action::Quit,
         b"HELLO" => hello(argc, &arg),
         b"CLIENT" => client(argc, &arg),
-        b"MULTI" => Action::RefuseMulti,
-        b"EXEC" | b"DISCARD" | b"WATCH" | b"UNWATCH" => refuse(arg(0), TRANSACTIONS),
-        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" | b"UNSUBSCRIBE" | b"PUNSUBSCRIBE"
-        | b"SUNSUBSCRIBE" => refuse(arg(0), "pub/sub needs a connection of its own"),
+        // With the wrong arity Redis answers an error and keeps no state,
+        // so the shared connection can carry it.
+        b"MULTI" if argc == 1 => Action::Transaction,
+        b"WATCH" if argc >= 2 => Action::Transaction,
+        b"SUBSCRIBE" if argc >= 2 => Action::Subscribe(Kind::Channel),
+        b"PSUBSCRIBE" if argc >= 2 => Action::Subscribe(Kind::Pattern),
+        b"SSUBSCRIBE" if argc >= 2 => Action::Subscribe(Kind::Shard),
+        b"SUBSCRIBE" | b"PSUBSCRIBE" | b"SSUBSCRIBE" => arity_error(),
+        b"UNSUBSCRIBE" => Action::Unsubscribe(Kind::Channel),
+        b"PUNSUBSCRIBE" => Action::Unsubscribe(Kind::Pattern),
+        b"SUNSUBSCRIBE" => Action::Unsubscribe(Kind::Shard),
         b"MONITOR" => refuse(arg(0), "it would take over the shared connection to Redis"),
         b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
-        | b"BZMPOP" | b"WAIT" | b"WAITAOF" => refuse(arg(0), BLOCKING),
-        b"XREAD" | b"XREADGROUP" if has_block_option(argc, &arg) => refuse(arg(0), BLOCKING),
-        b"AUTH" => refuse(arg(0), "authentication is not supported yet"),
-        b"RESET" => refuse(
+        | b"BZMPOP" => Action::Blocking,
+        b"XREAD" | b"XREADGROUP" if has_block_option(argc, &arg) => Action::Blocking,
+        b"WAIT" | b"WAITAOF" => refuse(
             arg(0),
-            "it would reset the connection to Redis that all clients share",
+            "the writes it would wait for went over the connection to Redis that all clients share",
         ),
+        b"AUTH" => refuse(arg(0), "authentication is not supported yet"),
+        b"RESET" if argc == 1 => Action::Reset,
+        b"RESET" => arity_error(),
         b"SYNC" | b"PSYNC" | b"REPLCONF" => refuse(arg(0), "replication is not proxied"),
         _ => Action::Forward,
     }
 }
-
-const TRANSACTIONS: &str = "transactions need a connection of their own";
-
-const BLOCKING: &str = "a blocking command would stall every client on the shared connection";
 
 /// `name` uppercased into `buf`, or `None` when longer than any name we act on.
 fn uppercase<'b>(name: &[u8], buf: &'b mut [u8; 16]) -> Option<&'b [u8]> {
@@ -218,10 +231,19 @@ fn client<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
         b"SETINFO" => 4,
         _ => {
             let name = [b"client ", arg(1)].concat();
-            return refuse(
-                &name,
-                "it would act on the connection to Redis that all clients share",
-            );
+            let reason = match sub.as_slice() {
+                b"KILL" | b"PAUSE" | b"UNPAUSE" | b"UNBLOCK" => {
+                    "it acts on other connections, and sidecache's clients are not Redis's"
+                }
+                b"NO-EVICT" | b"REPLY" | b"NO-TOUCH" => {
+                    "it would change the connection to Redis that all clients share"
+                }
+                b"TRACKING" | b"CACHING" | b"GETREDIR" | b"TRACKINGINFO" => {
+                    "sidecache's own connections to Redis use client tracking for its cache"
+                }
+                _ => "it would act on the connection to Redis that all clients share",
+            };
+            return refuse(&name, reason);
         }
     };
     if argc != expected_argc {
@@ -378,34 +400,11 @@ mod tests {
 
     #[test]
     fn refused_commands_name_themselves() {
-        assert_eq!(of("MULTI"), Action::RefuseMulti);
-        assert!(multi_refused().starts_with("ERR 'multi' is not supported by sidecache: "));
         for line in [
-            "exec",
-            "DISCARD",
-            "WATCH k",
-            "UNWATCH",
-            "SUBSCRIBE c",
-            "PSUBSCRIBE c*",
-            "SSUBSCRIBE c",
-            "UNSUBSCRIBE",
-            "PUNSUBSCRIBE",
-            "SUNSUBSCRIBE",
             "MONITOR",
-            "BLPOP l 0",
-            "BRPOP l 0",
-            "BRPOPLPUSH a b 0",
-            "BLMOVE a b LEFT RIGHT 0",
-            "BLMPOP 0 1 l LEFT",
-            "BZPOPMIN z 0",
-            "BZPOPMAX z 0",
-            "BZMPOP 0 1 z MIN",
-            "XREAD BLOCK 0 STREAMS s $",
-            "XREADGROUP GROUP g c BLOCK 0 STREAMS s >",
             "WAIT 1 0",
             "WAITAOF 1 0 0",
             "AUTH secret",
-            "RESET",
             "SYNC",
             "PSYNC ? -1",
             "REPLCONF listening-port 1",
@@ -421,6 +420,44 @@ mod tests {
                 "{line}: {e}"
             );
         }
+    }
+
+    #[test]
+    fn connection_state_commands() {
+        assert_eq!(of("MULTI"), Action::Transaction);
+        assert_eq!(of("watch a b"), Action::Transaction);
+        // Redis answers the arity error and keeps no state.
+        assert_eq!(of("MULTI x"), Action::Forward);
+        assert_eq!(of("WATCH"), Action::Forward);
+        for line in ["EXEC", "DISCARD", "UNWATCH"] {
+            assert_eq!(of(line), Action::Forward, "{line} outside a transaction");
+        }
+        for line in [
+            "BLPOP l 0",
+            "BRPOP l 0",
+            "BRPOPLPUSH a b 0",
+            "BLMOVE a b LEFT RIGHT 0",
+            "BLMPOP 0 1 l LEFT",
+            "BZPOPMIN z 0",
+            "BZPOPMAX z 0",
+            "BZMPOP 0 1 z MIN",
+            "XREAD BLOCK 0 STREAMS s $",
+            "XREADGROUP GROUP g c BLOCK 0 STREAMS s >",
+        ] {
+            assert_eq!(of(line), Action::Blocking, "{line}");
+        }
+        assert_eq!(of("XREAD STREAMS s 0"), Action::Forward);
+        assert_eq!(of("SUBSCRIBE a b"), Action::Subscribe(Kind::Channel));
+        assert_eq!(of("psubscribe a*"), Action::Subscribe(Kind::Pattern));
+        assert_eq!(of("SSUBSCRIBE a"), Action::Subscribe(Kind::Shard));
+        assert_eq!(of("UNSUBSCRIBE"), Action::Unsubscribe(Kind::Channel));
+        assert_eq!(of("PUNSUBSCRIBE a*"), Action::Unsubscribe(Kind::Pattern));
+        assert_eq!(of("SUNSUBSCRIBE"), Action::Unsubscribe(Kind::Shard));
+        assert_eq!(
+            error_of("SUBSCRIBE"),
+            "ERR wrong number of arguments for 'subscribe' command"
+        );
+        assert_eq!(of("RESET"), Action::Reset);
     }
 
     #[test]

@@ -42,10 +42,15 @@ Options:
   --max-value-size SIZE
                       larger GET replies are passed on uncached
                       [default: 1mb]
+  --max-pinned N      most connections to Redis pinned to one client each,
+                      for transactions and blocking commands; past it such
+                      a command is refused with an error [default: 256]
   -h, --help          print this help and exit
   -V, --version       print the version and exit
 
 GET replies are cached; everything else is forwarded to Redis unchanged.
+Transactions and blocking commands run on a connection of the client's
+own; subscriptions share one connection to Redis.
 SIGINT or SIGTERM stops sidecache after it has sent the replies it owes.
 ";
 
@@ -78,6 +83,8 @@ pub struct Config {
     pub max_memory: usize,
     /// Largest reply stored in the cache.
     pub max_value_size: usize,
+    /// Most connections pinned to one client each (transactions, blocking calls).
+    pub max_pinned: usize,
 }
 
 /// Whether the cache is kept coherent by Redis's client tracking.
@@ -105,6 +112,7 @@ impl Default for Config {
             idle_timeout: None,
             max_memory: 64 << 20,
             max_value_size: 1 << 20,
+            max_pinned: 256,
         }
     }
 }
@@ -146,6 +154,8 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, UsageError> {
         max_memory: flag(&mut args, "--max-memory", parse_size)?.unwrap_or(defaults.max_memory),
         max_value_size: flag(&mut args, "--max-value-size", parse_size)?
             .unwrap_or(defaults.max_value_size),
+        max_pinned: flag(&mut args, "--max-pinned", parse_positive_count)?
+            .unwrap_or(defaults.max_pinned),
     };
     let rest = args.finish();
     if let Some(first) = rest.first() {

@@ -187,6 +187,25 @@ impl CommandTable {
         self.commands.is_empty()
     }
 
+    /// The command's name as Redis spells it in errors (`get`,
+    /// `client|list`), or `None` if Redis does not know the command.
+    pub fn full_name<'a>(&self, argc: usize, arg: impl Fn(usize) -> &'a [u8]) -> Option<String> {
+        let mut buf = [0u8; MAX_NAME_LEN];
+        let name = lowercase(arg(0), &mut buf)?;
+        let command = self.commands.get(name)?;
+        let mut full = String::from_utf8_lossy(name).into_owned();
+        if argc >= 2 && !command.subcommands.is_empty() {
+            let mut buf = [0u8; MAX_NAME_LEN];
+            if let Some(sub) =
+                lowercase(arg(1), &mut buf).filter(|s| command.subcommands.contains_key(*s))
+            {
+                full.push('|');
+                full.push_str(&String::from_utf8_lossy(sub));
+            }
+        }
+        Some(full)
+    }
+
     /// What the request writes; `argc >= 1`, `arg(0)` is the command name in any case.
     /// Each written key's argument position is passed to `on_key` (possibly more than once, any order).
     /// `on_key` is called only when the answer is [`Writes::Keys`].

@@ -30,6 +30,8 @@ pub mod command;
 pub mod config;
 pub mod keys;
 pub mod log;
+pub mod pinned;
+pub mod pubsub;
 pub mod resp;
 pub mod server;
 pub mod tracking;

@@ -23,12 +23,14 @@
 //! fill the cache only through a data connection whose reads Redis tracks.
 
 use crate::backend::{info_field, Backend, Progress};
-use crate::cache::{Cache, FillTicket, Limits};
+use crate::cache::{Cache, FillTicket, Limits, Rewrites};
 use crate::client::{Client, Phase, ReadOutcome, Replies};
 use crate::command::{self, Action, InRefusedMulti, LibAttr};
 use crate::config::{Config, TrackingMode};
 use crate::keys::{CommandTable, Writes};
 use crate::log;
+use crate::pinned::{Owner, Pinned, PinnedRequest, Step, EXECABORT};
+use crate::pubsub::{self, Channels, Kind, Subscribed, Waiter};
 use crate::resp::Protocol;
 use crate::resp::{self, Request, Value};
 use crate::tracking::{self, Incoming};
@@ -47,8 +49,14 @@ const DATA_RESP2: Token = Token(1);
 const DATA_RESP3: Token = Token(2);
 const INVALIDATION: Token = Token(3);
 const SIGNALS: Token = Token(4);
+const PUBSUB: Token = Token(5);
 /// Client tokens are slab keys shifted past the fixed tokens.
-const FIRST_CLIENT: usize = 5;
+const FIRST_CLIENT: usize = 6;
+/// Pinned connections' tokens are their slab keys shifted past every
+/// client token there can be.
+const FIRST_PINNED: usize = usize::MAX / 2;
+/// Clean pinned connections kept open for the next client that needs one.
+const PINNED_POOL: usize = 8;
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Resp2, Protocol::Resp3];
 
@@ -105,11 +113,12 @@ enum DataRequest {
     },
 }
 
-/// The keys a forwarded write touches, or all of them.
+/// sidecache's requests on the pub/sub connection: one (un)subscription each.
 #[derive(Debug)]
-enum Rewrites {
-    Keys(Vec<Box<[u8]>>),
-    Everything,
+enum PubsubRequest {
+    SetName,
+    Subscribe { kind: Kind, name: Box<[u8]> },
+    Unsubscribe,
 }
 
 /// sidecache's own requests on the invalidation connection.
@@ -153,9 +162,118 @@ struct Proxy {
     redis_version: Option<String>,
     /// A data connection `open` started, for the server to ask for tracking on it.
     opened: Option<Protocol>,
+    /// Connections pinned to a client, and the clean ones pooled for reuse.
+    pinned: Slab<Pinned>,
+    pool: Vec<usize>,
+    max_pinned: usize,
+    /// Pinned connections with requests to write at the end of the turn.
+    pinned_to_flush: Vec<usize>,
+    /// The one connection that holds every client's subscriptions.
+    pubsub: Backend<PubsubRequest>,
+    channels: Channels,
+    redis: SocketAddr,
+    timeout: Duration,
 }
 
 impl Proxy {
+    /// A connection of its own for `owner`, in its protocol: a pooled one,
+    /// or a new one that takes requests while it connects. The error is
+    /// the client's reply.
+    fn pin(&mut self, owner: Owner, protocol: Protocol, now: Instant) -> Result<usize, String> {
+        if !self.data[0].accepts_requests() {
+            return Err("ERR backend unavailable".into());
+        }
+        let p = match self.pool.pop() {
+            Some(p) => p,
+            None => {
+                if self.pinned.len() >= self.max_pinned {
+                    return Err(format!(
+                        "ERR max pinned connections reached (--max-pinned {}): \
+                         too many clients are in a transaction or a blocking command",
+                        self.max_pinned
+                    ));
+                }
+                let entry = self.pinned.vacant_entry();
+                let token = Token(FIRST_PINNED + entry.key());
+                let mut backend = Backend::new("pinned", self.redis, token, self.timeout, now);
+                if backend.connect(&self.registry, now).is_err() {
+                    return Err("ERR backend unavailable".into());
+                }
+                backend.queue(PinnedRequest::SetName, |out| {
+                    resp::command(
+                        out,
+                        &[&b"CLIENT"[..], b"SETNAME", tracking::PINNED_CONNECTION_NAME],
+                    )
+                });
+                let p = entry.key();
+                entry.insert(Pinned::new(backend));
+                p
+            }
+        };
+        self.pinned[p].owner = Some(owner);
+        self.switch_pinned_protocol(p, protocol);
+        Ok(p)
+    }
+
+    /// Makes Redis speak `protocol` on pinned connection `p` from its next request on.
+    fn switch_pinned_protocol(&mut self, p: usize, protocol: Protocol) {
+        let pinned = &mut self.pinned[p];
+        if pinned.protocol == protocol || !pinned.backend.accepts_requests() {
+            return;
+        }
+        pinned.protocol = protocol;
+        let version = match protocol {
+            Protocol::Resp2 => "2",
+            Protocol::Resp3 => "3",
+        };
+        pinned.backend.queue(PinnedRequest::Hello, |out| {
+            resp::command(out, &["HELLO", version])
+        });
+        self.flush_pinned_later(p);
+    }
+
+    fn flush_pinned_later(&mut self, p: usize) {
+        if let Some(pinned) = self.pinned.get_mut(p) {
+            if !pinned.flush_queued {
+                pinned.flush_queued = true;
+                self.pinned_to_flush.push(p);
+            }
+        }
+    }
+
+    /// Connects the pub/sub connection on first need; false when it cannot take requests.
+    fn open_pubsub(&mut self, now: Instant) -> bool {
+        let pubsub = &mut self.pubsub;
+        if pubsub.is_off() {
+            if !self.data[0].accepts_requests() {
+                return false;
+            }
+            pubsub.turn_on(now);
+            if pubsub.connect(&self.registry, now).is_err() {
+                pubsub.turn_off(&self.registry, now);
+                return false;
+            }
+            pubsub.queue(PubsubRequest::SetName, |out| {
+                resp::command(
+                    out,
+                    &[&b"CLIENT"[..], b"SETNAME", tracking::PUBSUB_CONNECTION_NAME],
+                )
+            });
+        }
+        pubsub.accepts_requests()
+    }
+
+    /// Client `id` no longer listens to `name`: Redis stops delivering it
+    /// to sidecache once nobody does.
+    fn unsubscribe(&mut self, kind: Kind, name: &[u8], id: u64) {
+        if self.channels.unsubscribe(kind, name, id) && self.pubsub.accepts_requests() {
+            let verb = kind.unsubscribe_name().as_bytes();
+            self.pubsub.queue(PubsubRequest::Unsubscribe, |out| {
+                resp::command(out, &[verb, name])
+            });
+        }
+    }
+
     /// Opens the RESP3 data connection on first need, at once, so that
     /// requests can queue on it while it connects.
     fn open(&mut self, protocol: Protocol, now: Instant) {
@@ -245,6 +363,8 @@ impl Server {
         }
         let mut data_resp3 = Backend::new("data (RESP3)", config.redis, DATA_RESP3, timeout, now);
         data_resp3.turn_off(poll.registry(), now);
+        let mut pubsub = Backend::new("pub/sub", config.redis, PUBSUB, timeout, now);
+        pubsub.turn_off(poll.registry(), now);
         let registry = poll.registry().try_clone()?;
         Ok(Server {
             poll,
@@ -268,6 +388,14 @@ impl Server {
                 commands: None,
                 redis_version: None,
                 opened: None,
+                pinned: Slab::new(),
+                pool: Vec::new(),
+                max_pinned: config.max_pinned,
+                pinned_to_flush: Vec::new(),
+                pubsub,
+                channels: Channels::default(),
+                redis: config.redis,
+                timeout,
             },
             invalidation,
             tracking: Tracking {
@@ -337,6 +465,12 @@ impl Server {
                     }
                     INVALIDATION => {}
                     SIGNALS => self.signalled(),
+                    PUBSUB => self.pubsub_ready(event.is_readable(), event.is_writable()),
+                    Token(token) if token >= FIRST_PINNED => self.pinned_ready(
+                        token - FIRST_PINNED,
+                        event.is_readable(),
+                        event.is_writable(),
+                    ),
                     Token(token) => self.client_ready(
                         token - FIRST_CLIENT,
                         event.is_readable(),
@@ -350,6 +484,8 @@ impl Server {
             }
             self.flush_data();
             self.flush_invalidation();
+            self.flush_pinned();
+            self.flush_pubsub();
             self.flush_clients();
             for key in self.to_remove.drain(..) {
                 self.clients.remove(key);
@@ -386,6 +522,12 @@ impl Server {
             self.proxy.data[0].next_deadline(),
             self.proxy.data[1].next_deadline(),
             self.invalidation.next_deadline(),
+            self.proxy.pubsub.next_deadline(),
+            self.proxy
+                .pinned
+                .iter()
+                .filter_map(|(_, p)| p.backend.next_deadline())
+                .min(),
             keepalive,
             self.shutdown_deadline,
             self.accept_paused_until,
@@ -520,8 +662,11 @@ impl Server {
                 Ok(Some(request)) => {
                     client.last_activity = now;
                     if request.argc() > 0 {
-                        execute(client, key, &request, &mut self.proxy, now);
-                        replied = true;
+                        match execute(client, key, &request, &mut self.proxy, now) {
+                            Executed::Done => replied = true,
+                            // Parsed again once the client's owed replies are in.
+                            Executed::Wait => break,
+                        }
                     }
                     client.input.consume(request.consumed);
                 }
@@ -608,6 +753,17 @@ impl Server {
         client.phase = Phase::Closed;
         let _ = self.poll.registry().deregister(&mut client.stream);
         self.to_remove.push(key);
+        let id = client.id;
+        let pinned = client.pinned.take();
+        for (kind, name) in client.subscriptions.take_all() {
+            self.proxy.unsubscribe(kind, &name, id);
+        }
+        if let Some(p) = pinned {
+            // A connection left mid-transaction or mid-call is closed, so
+            // Redis drops its state and unblocks it: a value it would have
+            // popped stays where it was.
+            self.unpin(p);
+        }
     }
 
     // ---- the data connections ------------------------------------------
@@ -750,14 +906,7 @@ impl Server {
                     self.fill_reply[c] = Some(cacheable_value(reply));
                 }
                 if let Some(rewrites) = rewrites {
-                    match *rewrites {
-                        Rewrites::Keys(keys) => {
-                            for key in keys {
-                                self.proxy.cache.invalidate(&key);
-                            }
-                        }
-                        Rewrites::Everything => self.proxy.cache.clear(),
-                    }
+                    rewrites.apply(&mut self.proxy.cache);
                 }
                 let reply = self.proxy.data[c].reply(len);
                 let Some(client) = self.clients.get_mut(key) else {
@@ -1078,8 +1227,441 @@ impl Server {
         cache.set_serving(serving);
     }
 
+    // ---- pinned connections ---------------------------------------------
+
+    fn pinned_ready(&mut self, p: usize, readable: bool, writable: bool) {
+        let now = Instant::now();
+        let Some(pinned) = self.proxy.pinned.get_mut(p) else {
+            return;
+        };
+        if pinned.backend.is_connecting() {
+            match pinned.backend.poll_connect() {
+                Ok(Progress::Connected) => {}
+                Ok(Progress::Unchanged) => return,
+                Err(e) => {
+                    self.pinned_lost(p, &format!("cannot connect: {e}"), now);
+                    return;
+                }
+            }
+        }
+        if writable {
+            if let Err(e) = self.proxy.pinned[p].backend.flush() {
+                self.pinned_lost(p, &e.to_string(), now);
+                return;
+            }
+        }
+        if readable {
+            self.read_pinned(p, now);
+        }
+    }
+
+    fn read_pinned(&mut self, p: usize, now: Instant) {
+        loop {
+            let Some(pinned) = self.proxy.pinned.get_mut(p) else {
+                return;
+            };
+            let more = match pinned.backend.read() {
+                Ok(more) => more,
+                Err(e) => {
+                    self.pinned_lost(p, &e.to_string(), now);
+                    return;
+                }
+            };
+            loop {
+                let Some(pinned) = self.proxy.pinned.get_mut(p) else {
+                    return;
+                };
+                let backend = &mut pinned.backend;
+                let len = match backend.next_frame() {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(desync) => {
+                        self.pinned_lost(p, &desync.to_string(), now);
+                        return;
+                    }
+                };
+                if backend.reply(len).first() == Some(&b'>') {
+                    // Not a reply; nothing on a pinned connection asks for pushes.
+                    backend.consume(len);
+                    continue;
+                }
+                match backend.pop_in_flight() {
+                    Ok(request) => self.pinned_reply(p, request, len, now),
+                    Err(desync) => {
+                        self.pinned_lost(p, &desync.to_string(), now);
+                        return;
+                    }
+                }
+                if !self
+                    .proxy
+                    .pinned
+                    .get(p)
+                    .is_some_and(|p| p.backend.is_ready())
+                {
+                    return;
+                }
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Acts on the reply of `len` bytes at the front of pinned connection
+    /// `p`'s input, then lets the connection go if its client is done with it.
+    fn pinned_reply(&mut self, p: usize, request: PinnedRequest, len: usize, now: Instant) {
+        let pinned = &mut self.proxy.pinned[p];
+        let owner = pinned.owner;
+        match request {
+            PinnedRequest::Client {
+                seq,
+                rewrites,
+                aborts,
+            } => {
+                if let Some(rewrites) = rewrites {
+                    rewrites.apply(&mut self.proxy.cache);
+                }
+                let mut abort_reply = Vec::new();
+                if aborts {
+                    resp::error(&mut abort_reply, EXECABORT);
+                }
+                let reply = match aborts {
+                    true => &abort_reply[..],
+                    false => self.proxy.pinned[p].backend.reply(len),
+                };
+                if let Some(owner) = owner {
+                    if let Some(client) = self.clients.get_mut(owner.key) {
+                        if client.id == owner.id && client.phase != Phase::Closed {
+                            client.replies.fill(seq, reply);
+                            self.queue_flush(owner.key);
+                        }
+                    }
+                }
+            }
+            PinnedRequest::Hello => {
+                if pinned.backend.reply(len).first() == Some(&b'-') {
+                    self.pinned_lost(p, "Redis refused HELLO", now);
+                    return;
+                }
+            }
+            PinnedRequest::SetName => {}
+        }
+        let pinned = &mut self.proxy.pinned[p];
+        pinned.backend.consume(len);
+        if pinned.is_done() && pinned.owner.is_some() {
+            self.release(p);
+        }
+    }
+
+    /// The client's state on its pinned connection has ended: its next
+    /// requests go to the shared connection again.
+    fn release(&mut self, p: usize) {
+        let Some(owner) = self.proxy.pinned[p].owner.take() else {
+            return;
+        };
+        if let Some(client) = self.clients.get_mut(owner.key) {
+            if client.id == owner.id {
+                client.pinned = None;
+            }
+        }
+        self.park(p);
+    }
+
+    /// The client of pinned connection `p` left.
+    fn unpin(&mut self, p: usize) {
+        if let Some(pinned) = self.proxy.pinned.get_mut(p) {
+            pinned.owner = None;
+            self.park(p);
+        }
+    }
+
+    /// Pools a connection with nothing held or in flight; closes any other.
+    fn park(&mut self, p: usize) {
+        if self.proxy.pinned[p].is_reusable() && self.proxy.pool.len() < PINNED_POOL {
+            self.proxy.pool.push(p);
+        } else {
+            self.close_pinned(p, Instant::now());
+        }
+    }
+
+    /// Closes pinned connection `p`; returns what was in flight on it.
+    fn close_pinned(&mut self, p: usize, now: Instant) -> Pinned {
+        let mut pinned = self.proxy.pinned.remove(p);
+        self.proxy.pool.retain(|&q| q != p);
+        if !pinned.backend.is_off() {
+            pinned.backend.turn_off(self.poll.registry(), now);
+        }
+        pinned
+    }
+
+    /// A pinned connection failed: its requests in flight fail, in order.
+    /// A client whose transaction or watch was there is closed once told,
+    /// as Redis forgot them: going on could run a transaction unwatched.
+    fn pinned_lost(&mut self, p: usize, why: &str, now: Instant) {
+        let mut pinned = self.proxy.pinned.remove(p);
+        self.proxy.pool.retain(|&q| q != p);
+        let failed = pinned.backend.turn_off(self.poll.registry(), now);
+        if let Some(writes) = pinned.tx_writes.take() {
+            writes.apply(&mut self.proxy.cache);
+        }
+        let Some(owner) = pinned.owner else {
+            return;
+        };
+        log!(
+            "lost a connection to Redis pinned to client {}: {why}",
+            owner.id
+        );
+        let mut seqs = Vec::new();
+        for request in failed {
+            if let PinnedRequest::Client { seq, rewrites, .. } = request {
+                // A write that was sent may have run.
+                if let Some(rewrites) = rewrites {
+                    rewrites.apply(&mut self.proxy.cache);
+                }
+                seqs.push(seq);
+            }
+        }
+        let Some(client) = self.clients.get_mut(owner.key) else {
+            return;
+        };
+        if client.id != owner.id || client.phase == Phase::Closed {
+            return;
+        }
+        client.pinned = None;
+        for seq in seqs {
+            client.replies.fill(seq, BACKEND_UNAVAILABLE);
+        }
+        if !pinned.session.is_clean() && client.phase == Phase::Open {
+            client.phase = Phase::Draining;
+        }
+        self.queue_flush(owner.key);
+        self.close_if_done(owner.key);
+    }
+
+    fn flush_pinned(&mut self) {
+        for p in std::mem::take(&mut self.proxy.pinned_to_flush) {
+            let Some(pinned) = self.proxy.pinned.get_mut(p) else {
+                continue;
+            };
+            pinned.flush_queued = false;
+            if let Err(e) = pinned.backend.flush() {
+                self.pinned_lost(p, &e.to_string(), Instant::now());
+            }
+        }
+    }
+
+    // ---- the pub/sub connection ------------------------------------------
+
+    fn pubsub_ready(&mut self, readable: bool, writable: bool) {
+        let now = Instant::now();
+        let pubsub = &mut self.proxy.pubsub;
+        if pubsub.is_connecting() {
+            match pubsub.poll_connect() {
+                Ok(Progress::Connected) => {}
+                Ok(Progress::Unchanged) => return,
+                Err(e) => {
+                    self.pubsub_lost(&format!("cannot connect: {e}"), now);
+                    return;
+                }
+            }
+        }
+        if writable {
+            self.flush_pubsub();
+        }
+        if readable {
+            self.read_pubsub(now);
+        }
+    }
+
+    fn read_pubsub(&mut self, now: Instant) {
+        loop {
+            let more = match self.proxy.pubsub.read() {
+                Ok(more) => more,
+                Err(e) => {
+                    self.pubsub_lost(&e.to_string(), now);
+                    return;
+                }
+            };
+            loop {
+                let len = match self.proxy.pubsub.next_frame() {
+                    Ok(Some(len)) => len,
+                    Ok(None) => break,
+                    Err(desync) => {
+                        self.pubsub_lost(&desync.to_string(), now);
+                        return;
+                    }
+                };
+                let Ok(frame) = resp::parse_value(self.proxy.pubsub.reply(len)) else {
+                    self.pubsub_lost("malformed reply from Redis", now);
+                    return;
+                };
+                match pubsub::classify(&frame) {
+                    pubsub::Incoming::Message { kind, name } => {
+                        let listeners = self.proxy.channels.listeners(kind, name);
+                        self.deliver(&listeners, len);
+                    }
+                    pubsub::Incoming::Reply => match self.proxy.pubsub.pop_in_flight() {
+                        Ok(request) => self.pubsub_reply(request, &frame),
+                        Err(desync) => {
+                            self.pubsub_lost(&desync.to_string(), now);
+                            return;
+                        }
+                    },
+                }
+                self.proxy.pubsub.consume(len);
+                if !self.proxy.pubsub.is_ready() {
+                    return;
+                }
+            }
+            if !more {
+                return;
+            }
+        }
+    }
+
+    /// Hands the message of `len` bytes at the front of the pub/sub
+    /// connection's input to each listener, in its protocol: Redis's RESP2
+    /// array, or the same as a RESP3 push.
+    fn deliver(&mut self, listeners: &[(u64, usize)], len: usize) {
+        let message = self.proxy.pubsub.reply(len);
+        let mut as_push = None;
+        let mut delivered = Vec::with_capacity(listeners.len());
+        for &(id, key) in listeners {
+            let Some(client) = self.clients.get_mut(key) else {
+                continue;
+            };
+            if client.id != id || client.phase == Phase::Closed {
+                continue;
+            }
+            match client.protocol {
+                Protocol::Resp2 => client.replies.push(message),
+                Protocol::Resp3 => {
+                    let push = as_push.get_or_insert_with(|| {
+                        let mut push = message.to_vec();
+                        push[0] = b'>';
+                        push
+                    });
+                    client.replies.push(push);
+                }
+            }
+            delivered.push(key);
+        }
+        for key in delivered {
+            self.queue_flush(key);
+        }
+    }
+
+    fn pubsub_reply(&mut self, request: PubsubRequest, reply: &Value) {
+        let PubsubRequest::Subscribe { kind, name } = request else {
+            return;
+        };
+        let waiters = if let Value::Error(e) = reply {
+            log!(
+                "Redis refused to subscribe to {:?}: {}",
+                String::from_utf8_lossy(&name),
+                String::from_utf8_lossy(e)
+            );
+            let (waiters, listeners) = self.proxy.channels.refuse(kind, &name);
+            for (id, key) in listeners {
+                if let Some(client) = self.clients.get_mut(key).filter(|c| c.id == id) {
+                    client.subscriptions.remove(kind, &name);
+                }
+            }
+            let mut error = Vec::new();
+            resp::error(&mut error, &format!("ERR {}", String::from_utf8_lossy(e)));
+            waiters
+                .into_iter()
+                .map(|w| Waiter {
+                    ack: error.clone(),
+                    ..w
+                })
+                .collect()
+        } else {
+            let (waiters, abandoned) = self.proxy.channels.confirm(kind, &name);
+            if abandoned {
+                let verb = kind.unsubscribe_name().as_bytes();
+                self.proxy.pubsub.queue(PubsubRequest::Unsubscribe, |out| {
+                    resp::command(out, &[verb, &name])
+                });
+            }
+            waiters
+        };
+        for waiter in waiters {
+            self.fill_slot(waiter.key, waiter.id, waiter.seq, &waiter.ack);
+        }
+    }
+
+    /// Fills reply slot `seq` of client `id`, if it is still there.
+    fn fill_slot(&mut self, key: usize, id: u64, seq: u64, reply: &[u8]) {
+        if let Some(client) = self.clients.get_mut(key) {
+            if client.id == id && client.phase != Phase::Closed {
+                client.replies.fill(seq, reply);
+                self.queue_flush(key);
+            }
+        }
+    }
+
+    fn flush_pubsub(&mut self) {
+        if !self.proxy.pubsub.has_output() {
+            return;
+        }
+        if let Err(e) = self.proxy.pubsub.flush() {
+            self.pubsub_lost(&e.to_string(), Instant::now());
+        }
+    }
+
+    /// The pub/sub connection ended: every subscription is gone at Redis,
+    /// and messages may have been lost, so the subscribed clients are
+    /// closed once told, as they would be by a Redis restart; they
+    /// subscribe again on a new connection.
+    fn pubsub_lost(&mut self, why: &str, now: Instant) {
+        if self.proxy.pubsub.is_ready() {
+            log!("lost the pub/sub connection to Redis: {why}; closing subscribed clients");
+        }
+        self.proxy.pubsub.turn_off(self.poll.registry(), now);
+        for waiter in self.proxy.channels.clear() {
+            self.fill_slot(waiter.key, waiter.id, waiter.seq, BACKEND_UNAVAILABLE);
+        }
+        let subscribed: Vec<usize> = self
+            .clients
+            .iter()
+            .filter(|(_, c)| c.subscriptions.any())
+            .map(|(key, _)| key)
+            .collect();
+        for key in subscribed {
+            let client = &mut self.clients[key];
+            client.subscriptions.take_all();
+            if client.phase == Phase::Open {
+                client.phase = Phase::Draining;
+            }
+            self.close_if_done(key);
+        }
+    }
+
     fn run_timers(&mut self, now: Instant) {
         let stopping = self.shutdown_deadline.is_some();
+        let overdue: Vec<(usize, bool)> = self
+            .proxy
+            .pinned
+            .iter()
+            .filter(|(_, pinned)| pinned.backend.next_deadline().is_some_and(|due| now >= due))
+            .map(|(p, pinned)| (p, pinned.backend.is_connecting()))
+            .collect();
+        for (p, connecting) in overdue {
+            let why = match connecting {
+                true => "connect timed out".to_string(),
+                false => format!("no reply within {:?}", self.proxy.timeout),
+            };
+            self.pinned_lost(p, &why, now);
+        }
+        if self
+            .proxy
+            .pubsub
+            .next_deadline()
+            .is_some_and(|due| now >= due)
+        {
+            self.pubsub_lost("no reply in time", now);
+        }
         for protocol in PROTOCOLS {
             let data = &mut self.proxy.data[conn(protocol)];
             match data.next_deadline() {
@@ -1209,9 +1791,24 @@ fn fill_expiry(
     }
 }
 
+/// What became of a request.
+enum Executed {
+    /// Answered, served or queued: the request is used up.
+    Done,
+    /// It must go to another connection than the replies the client is
+    /// still owed: it waits, unread, until they have arrived.
+    Wait,
+}
+
 /// Acts on one request: answers it, serves it from the cache, or queues it
 /// for Redis with a reserved reply slot.
-fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy, now: Instant) {
+fn execute(
+    client: &mut Client,
+    key: usize,
+    request: &Request,
+    proxy: &mut Proxy,
+    now: Instant,
+) -> Executed {
     let input = client.input.pending();
     let arg = |i: usize| request.arg(input, i).unwrap_or_default();
     let protocol = client.protocol;
@@ -1220,10 +1817,7 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
         match command::in_refused_multi(arg(0)) {
             InRefusedMulti::Exec => {
                 client.in_refused_multi = false;
-                resp::error(
-                    &mut out,
-                    "EXECABORT Transaction discarded because of previous errors.",
-                );
+                resp::error(&mut out, EXECABORT);
             }
             InRefusedMulti::Discard => {
                 client.in_refused_multi = false;
@@ -1236,9 +1830,48 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
             InRefusedMulti::NotRun(message) => resp::error(&mut out, &message),
         }
         client.replies.push(&out);
-        return;
+        return Executed::Done;
     }
-    match command::classify(request.argc(), arg) {
+    let mut action = command::classify(request.argc(), arg);
+    if protocol == Protocol::Resp2 && client.subscriptions.any() {
+        // A RESP2 connection in pub/sub mode takes only these, as in Redis.
+        match &action {
+            Action::Subscribe(_) | Action::Unsubscribe(_) | Action::Quit | Action::Reset => {}
+            Action::Ping => {
+                pubsub::push_header(&mut out, 2, protocol);
+                resp::bulk(&mut out, b"pong");
+                resp::bulk(&mut out, if request.argc() == 2 { arg(1) } else { b"" });
+                client.replies.push(&out);
+                return Executed::Done;
+            }
+            _ => match proxy
+                .commands
+                .as_ref()
+                .map(|t| t.full_name(request.argc(), arg))
+            {
+                // Redis answers an unknown command before it looks at the mode.
+                Some(None) => action = Action::Forward,
+                known => {
+                    let name = known
+                        .flatten()
+                        .unwrap_or_else(|| String::from_utf8_lossy(arg(0)).to_ascii_lowercase());
+                    resp::error(
+                        &mut out,
+                        &format!(
+                            "ERR Can't execute '{name}': only (P|S)SUBSCRIBE / \
+                             (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context"
+                        ),
+                    );
+                    client.replies.push(&out);
+                    return Executed::Done;
+                }
+            },
+        }
+    }
+    if let Some(p) = client.pinned {
+        return execute_pinned(client, key, request, action, proxy, p, now);
+    }
+    match action {
         Action::Get => {
             if let Some(hit) = proxy.cache.get(arg(1), now) {
                 // One entry serves both protocols: only a nil is spelled differently.
@@ -1247,48 +1880,73 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
                 } else {
                     client.replies.push_shared(hit);
                 }
-                return;
+                return Executed::Done;
             }
             let target = Target::new(&mut client.replies, key, client.id, protocol);
             forward(target, request, input, proxy, Forward::Get, now);
-            return;
+            return Executed::Done;
         }
         Action::Forward => {
             // Read-your-writes: the keys a write touches leave the cache
             // before the write is sent, and so do fills of GETs sent before it.
-            let mut rewrites = None;
-            if let Some(commands) = &proxy.commands {
-                let cache = &mut proxy.cache;
-                // Only while both data connections run can a later GET run
-                // before this write; then the keys are dropped again on its reply.
-                let other = conn(protocol) ^ 1;
-                let mut keep = (!proxy.data[other].is_off()).then(Vec::new);
-                let writes = commands.writes(request.argc(), arg, |i| {
-                    cache.invalidate(arg(i));
-                    if let Some(keep) = keep.as_mut() {
-                        keep.push(Box::from(arg(i)));
-                    }
-                });
-                match writes {
-                    Writes::Nothing => {}
-                    Writes::Keys => rewrites = keep.map(|k| Box::new(Rewrites::Keys(k))),
-                    Writes::Everything => {
-                        cache.clear();
-                        rewrites = keep.map(|_| Box::new(Rewrites::Everything));
-                    }
-                }
-            }
+            // Only while both data connections run can a later GET run
+            // before this write; then the keys are dropped again on its reply.
+            let both = !proxy.data[conn(protocol) ^ 1].is_off();
+            let rewrites = drop_written(proxy, request.argc(), arg, both).map(Box::new);
             let target = Target::new(&mut client.replies, key, client.id, protocol);
             forward(target, request, input, proxy, Forward::Other(rewrites), now);
-            return;
+            return Executed::Done;
         }
-        Action::Ping if request.argc() == 1 => resp::simple(&mut out, b"PONG"),
-        Action::Ping | Action::Echo => resp::bulk(&mut out, arg(1)),
+        Action::Transaction | Action::Blocking => {
+            if client.replies.owed() > 0 {
+                client.wait_for_replies();
+                return Executed::Wait;
+            }
+            let owner = Owner { key, id: client.id };
+            match proxy.pin(owner, protocol, now) {
+                Ok(p) => {
+                    client.pinned = Some(p);
+                    return execute_pinned(client, key, request, action, proxy, p, now);
+                }
+                Err(reason) if Step::of(arg(0)) == Step::Multi => {
+                    client.in_refused_multi = true;
+                    resp::error(&mut out, &command::multi_refused(&reason));
+                }
+                Err(reason) => resp::error(&mut out, &reason),
+            }
+        }
+        Action::Subscribe(kind) => subscribe(client, key, request, kind, proxy, now),
+        Action::Unsubscribe(kind) => unsubscribe(client, request, kind, proxy),
+        Action::Reset => {
+            reset(client, proxy);
+            resp::simple(&mut out, b"RESET");
+        }
+        other => answer_locally(client, request, other, proxy, &mut out, now),
+    }
+    client.replies.push(&out);
+    Executed::Done
+}
+
+/// Answers a request that needs nothing from Redis.
+fn answer_locally(
+    client: &mut Client,
+    request: &Request,
+    action: Action,
+    proxy: &mut Proxy,
+    out: &mut Vec<u8>,
+    now: Instant,
+) {
+    let input = client.input.pending();
+    let arg = |i: usize| request.arg(input, i).unwrap_or_default();
+    let protocol = client.protocol;
+    match action {
+        Action::Ping if request.argc() == 1 => resp::simple(out, b"PONG"),
+        Action::Ping | Action::Echo => resp::bulk(out, arg(1)),
         Action::Quit => {
-            resp::simple(&mut out, b"OK");
+            resp::simple(out, b"OK");
             client.phase = Phase::Draining;
         }
-        Action::SelectZero => resp::simple(&mut out, b"OK"),
+        Action::SelectZero => resp::simple(out, b"OK"),
         Action::Hello {
             protocol: new_protocol,
             setname,
@@ -1300,10 +1958,13 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
                 if new_protocol != protocol {
                     client.switch_protocol(new_protocol);
                     proxy.open(new_protocol, now);
+                    if let Some(p) = client.pinned {
+                        proxy.switch_pinned_protocol(p, new_protocol);
+                    }
                 }
             }
             hello_reply(
-                &mut out,
+                out,
                 client.id,
                 client.protocol,
                 proxy.redis_version.as_deref(),
@@ -1311,11 +1972,11 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
         }
         Action::ClientSetName => {
             client.name = non_empty(arg(2));
-            resp::simple(&mut out, b"OK");
+            resp::simple(out, b"OK");
         }
         Action::ClientGetName => match &client.name {
-            Some(name) => resp::bulk(&mut out, name),
-            None => resp::null(&mut out, protocol),
+            Some(name) => resp::bulk(out, name),
+            None => resp::null(out, protocol),
         },
         Action::ClientSetInfo(attr) => {
             let value = non_empty(arg(3));
@@ -1323,16 +1984,260 @@ fn execute(client: &mut Client, key: usize, request: &Request, proxy: &mut Proxy
                 LibAttr::Name => client.lib_name = value,
                 LibAttr::Version => client.lib_ver = value,
             }
-            resp::simple(&mut out, b"OK");
+            resp::simple(out, b"OK");
         }
-        Action::ClientId => resp::integer(&mut out, client.id as i64),
-        Action::Error(message) => resp::error(&mut out, &message),
-        Action::RefuseMulti => {
-            client.in_refused_multi = true;
-            resp::error(&mut out, &command::multi_refused());
+        Action::ClientId => resp::integer(out, client.id as i64),
+        Action::Error(message) => resp::error(out, &message),
+        // Handled by the caller.
+        Action::Get
+        | Action::Forward
+        | Action::Transaction
+        | Action::Blocking
+        | Action::Subscribe(_)
+        | Action::Unsubscribe(_)
+        | Action::Reset => resp::error(out, "ERR internal error: request misrouted"),
+    }
+}
+
+/// Acts on a request of a client with a pinned connection: everything
+/// Redis can run goes over that connection verbatim, in order, so a
+/// transaction sees exactly what Redis would; what changes sidecache's own
+/// view of the client is answered here, and refused inside a MULTI (which
+/// then fails at EXEC, as a transaction with a refused command does).
+fn execute_pinned(
+    client: &mut Client,
+    key: usize,
+    request: &Request,
+    action: Action,
+    proxy: &mut Proxy,
+    p: usize,
+    now: Instant,
+) -> Executed {
+    let input = client.input.pending();
+    let arg = |i: usize| request.arg(input, i).unwrap_or_default();
+    let in_multi = proxy.pinned[p].session.in_multi;
+    let mut out = Vec::new();
+    let runs_on_redis = matches!(
+        action,
+        Action::Get
+            | Action::Forward
+            | Action::Ping
+            | Action::Echo
+            | Action::Transaction
+            | Action::Blocking
+            | Action::Reset
+    ) || (in_multi && action == Action::SelectZero);
+    if runs_on_redis {
+        if action == Action::Reset {
+            reset(client, proxy);
         }
+        let blocks = action == Action::Blocking && !in_multi;
+        forward_pinned(client, request, proxy, p, blocks);
+        return Executed::Done;
+    }
+    match action {
+        Action::Quit => answer_locally(client, request, action, proxy, &mut out, now),
+        Action::Error(message) => {
+            proxy.pinned[p].session.spoiled |= in_multi;
+            resp::error(&mut out, &message);
+        }
+        _ if in_multi => {
+            proxy.pinned[p].session.spoiled = true;
+            resp::error(
+                &mut out,
+                &format!(
+                    "ERR '{}' is not supported by sidecache inside a transaction",
+                    String::from_utf8_lossy(arg(0)).to_ascii_lowercase()
+                ),
+            );
+        }
+        Action::Subscribe(kind) => subscribe(client, key, request, kind, proxy, now),
+        Action::Unsubscribe(kind) => unsubscribe(client, request, kind, proxy),
+        other => answer_locally(client, request, other, proxy, &mut out, now),
     }
     client.replies.push(&out);
+    Executed::Done
+}
+
+/// Queues a request verbatim on the client's pinned connection.
+fn forward_pinned(
+    client: &mut Client,
+    request: &Request,
+    proxy: &mut Proxy,
+    p: usize,
+    blocks: bool,
+) {
+    let input = client.input.pending();
+    let arg = |i: usize| request.arg(input, i).unwrap_or_default();
+    if !proxy.pinned[p].backend.accepts_requests() {
+        client.replies.push(BACKEND_UNAVAILABLE);
+        return;
+    }
+    let step = Step::of(arg(0));
+    let written = drop_written(proxy, request.argc(), arg, true);
+    let pinned = &mut proxy.pinned[p];
+    let session = pinned.session;
+    let mut rewrites = pinned.note_writes(written);
+    let aborts = step == Step::Exec && session.in_multi && session.spoiled;
+    if session.in_multi && matches!(step, Step::Exec | Step::Discard | Step::Reset) {
+        // What the transaction wrote is known to be written once its EXEC answers.
+        let tx_writes = pinned.tx_writes.take();
+        if step == Step::Exec && !aborts {
+            rewrites = tx_writes.map(Box::new);
+        }
+    }
+    pinned.session.send(step);
+    if step == Step::Reset {
+        pinned.protocol = Protocol::Resp2;
+    }
+    let entry = PinnedRequest::Client {
+        seq: client.replies.reserve(),
+        rewrites,
+        aborts,
+    };
+    let backend = &mut pinned.backend;
+    if aborts {
+        backend.queue(entry, |out| resp::command(out, &["DISCARD"]));
+    } else if blocks {
+        backend.queue_untimed(entry, |out| request.write_wire(input, out));
+    } else {
+        backend.queue(entry, |out| request.write_wire(input, out));
+    }
+    proxy.flush_pinned_later(p);
+}
+
+/// Drops from the cache the keys a request writes (everything, if it
+/// cannot tell) and, if `keep`, returns them to drop again on its reply.
+fn drop_written<'a>(
+    proxy: &mut Proxy,
+    argc: usize,
+    arg: impl Fn(usize) -> &'a [u8],
+    keep: bool,
+) -> Option<Rewrites> {
+    let commands = proxy.commands.as_ref()?;
+    let cache = &mut proxy.cache;
+    let mut kept = keep.then(Vec::new);
+    let writes = commands.writes(argc, &arg, |i| {
+        cache.invalidate(arg(i));
+        if let Some(kept) = kept.as_mut() {
+            kept.push(Box::from(arg(i)));
+        }
+    });
+    match writes {
+        Writes::Nothing => None,
+        Writes::Keys => kept.map(Rewrites::Keys),
+        Writes::Everything => {
+            cache.clear();
+            keep.then_some(Rewrites::Everything)
+        }
+    }
+}
+
+/// `(P|S)SUBSCRIBE`: one acknowledgement per channel, each sent once Redis
+/// delivers that channel to sidecache.
+fn subscribe(
+    client: &mut Client,
+    key: usize,
+    request: &Request,
+    kind: Kind,
+    proxy: &mut Proxy,
+    now: Instant,
+) {
+    let input = client.input.pending();
+    if !proxy.open_pubsub(now) {
+        client.replies.push(BACKEND_UNAVAILABLE);
+        return;
+    }
+    for i in 1..request.argc() {
+        let name = request.arg(input, i).unwrap_or_default();
+        let added = client.subscriptions.add(kind, name);
+        let mut ack = Vec::new();
+        let count = client.subscriptions.count(kind);
+        pubsub::ack(
+            &mut ack,
+            client.protocol,
+            kind.subscribe_name(),
+            Some(name),
+            count,
+        );
+        if !added {
+            client.replies.push(&ack);
+            continue;
+        }
+        match proxy.channels.subscribe(kind, name, key, client.id) {
+            Subscribed::Now => {
+                client.replies.push(&ack);
+                continue;
+            }
+            Subscribed::Later => {}
+            Subscribed::SendSubscribe => {
+                let request = PubsubRequest::Subscribe {
+                    kind,
+                    name: Box::from(name),
+                };
+                let verb = kind.subscribe_name().as_bytes();
+                proxy
+                    .pubsub
+                    .queue(request, |out| resp::command(out, &[verb, name]));
+            }
+        }
+        let waiter = Waiter {
+            key,
+            id: client.id,
+            seq: client.replies.reserve(),
+            ack,
+        };
+        proxy.channels.wait(kind, name, waiter);
+    }
+}
+
+/// `(P|S)UNSUBSCRIBE`: from the channels named, or from all of the kind.
+fn unsubscribe(client: &mut Client, request: &Request, kind: Kind, proxy: &mut Proxy) {
+    let input = client.input.pending();
+    let names: Vec<Box<[u8]>> = if request.argc() == 1 {
+        client.subscriptions.names(kind)
+    } else {
+        (1..request.argc())
+            .map(|i| Box::from(request.arg(input, i).unwrap_or_default()))
+            .collect()
+    };
+    let mut out = Vec::new();
+    if names.is_empty() {
+        let count = client.subscriptions.count(kind);
+        pubsub::ack(
+            &mut out,
+            client.protocol,
+            kind.unsubscribe_name(),
+            None,
+            count,
+        );
+    }
+    for name in names {
+        if client.subscriptions.remove(kind, &name) {
+            proxy.unsubscribe(kind, &name, client.id);
+        }
+        let count = client.subscriptions.count(kind);
+        pubsub::ack(
+            &mut out,
+            client.protocol,
+            kind.unsubscribe_name(),
+            Some(&name),
+            count,
+        );
+    }
+    client.replies.push(&out);
+}
+
+/// What `RESET` does to sidecache's view of the client; a pinned
+/// connection gets the RESET itself.
+fn reset(client: &mut Client, proxy: &mut Proxy) {
+    for (kind, name) in client.subscriptions.take_all() {
+        proxy.unsubscribe(kind, &name, client.id);
+    }
+    client.in_refused_multi = false;
+    if client.protocol != Protocol::Resp2 {
+        client.switch_protocol(Protocol::Resp2);
+    }
 }
 
 /// The client a forwarded request's reply goes to.

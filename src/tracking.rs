@@ -18,6 +18,10 @@ pub const CHANNEL: &[u8] = b"__redis__:invalidate";
 pub const DATA_CONNECTION_NAME: &[u8] = b"sidecache-data";
 pub const DATA_RESP3_CONNECTION_NAME: &[u8] = b"sidecache-data-resp3";
 pub const INVALIDATION_CONNECTION_NAME: &[u8] = b"sidecache-invalidation";
+/// A connection pinned to one client (a transaction, a blocking call).
+pub const PINNED_CONNECTION_NAME: &[u8] = b"sidecache-pinned";
+/// The connection that holds every client's subscriptions.
+pub const PUBSUB_CONNECTION_NAME: &[u8] = b"sidecache-pubsub";
 
 /// What one frame from the invalidation connection is.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -363,23 +363,15 @@ def read_your_writes(ctx):
     eq(r.get(k), None)
 
 
-@scenario(proxy_only=True)
-def transaction_refused(ctx):
+@scenario()
+def transaction_pipeline(ctx):
     r = ctx.client()
     k = ctx.key("tx")
     p = r.pipeline(transaction=True)
     p.set(k, "in-transaction")
     p.get(k)
-    try:
-        result = p.execute()
-    except redis.ResponseError as e:
-        if "not supported by sidecache" not in str(e):
-            raise AssertionError("ResponseError without 'not supported by sidecache': {}".format(e))
-    else:
-        raise AssertionError("MULTI/EXEC through sidecache returned {!r}".format(result))
-    # None of the transaction's commands ran: not atomically, not one by one.
-    eq(ctx.direct.get(k), None)
-    # The connection is still usable.
+    eq(p.execute(), [True, b"in-transaction"])
+    eq(ctx.direct.get(k), b"in-transaction")
     eq(r.ping(), True)
 
 
