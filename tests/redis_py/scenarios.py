@@ -12,12 +12,17 @@ scenario and a final `N passed, M failed`; exits 1 if any scenario failed,
 `--direct` skips the scenarios that only make sense through sidecache (the
 cache, refused transactions), to check the scenarios themselves against
 Redis: `--port REDIS --redis-port REDIS --direct`.
+
+`--group NAME` (repeatable) runs only the scenarios of that group: `core`
+(the default group) or `contention` (many threads racing, e.g. on one
+WATCHed counter); without it, all groups run.
 """
 
 import argparse
 import os
 import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -47,11 +52,14 @@ PROPAGATION = 0.1
 SETTLE = 5.0
 
 SCENARIOS = []
+GROUPS = ("core", "contention")
 
 
-def scenario(proxy_only=False):
+def scenario(proxy_only=False, group="core"):
+    assert group in GROUPS, group
+
     def register(fn):
-        SCENARIOS.append((fn.__name__, fn, proxy_only))
+        SCENARIOS.append((fn.__name__, fn, proxy_only, group))
         return fn
 
     return register
@@ -375,6 +383,222 @@ def transaction_pipeline(ctx):
     eq(r.ping(), True)
 
 
+@scenario()
+def pipeline_no_transaction(ctx):
+    r = ctx.client()
+    other = ctx.client()
+    k, n, lst = ctx.key("plain"), ctx.key("n"), ctx.key("list")
+    r.set(k, "before")
+    eq(r.get(k), b"before")  # cached through sidecache
+    p = r.pipeline(transaction=False)
+    for i in range(500):
+        p.set(k, str(i))
+        p.get(k)
+    p.rpush(lst, "a")
+    p.incr(lst)  # WRONGTYPE: the commands around it still run
+    p.incr(n)
+    p.get(k)
+    results = p.execute(raise_on_error=False)
+    eq(len(results), 1004, "number of results")
+    for i in range(500):
+        eq(results[2 * i], True, "SET {}".format(i))
+        eq(results[2 * i + 1], str(i).encode(), "GET after SET {}".format(i))
+    eq(results[1000], 1)
+    if not isinstance(results[1001], redis.ResponseError) or "WRONGTYPE" not in str(results[1001]):
+        raise AssertionError("INCR of a list gave {!r}, not a WRONGTYPE error".format(results[1001]))
+    eq(results[1002], 1)
+    eq(results[1003], b"499")
+    eq(other.get(k), b"499")
+    eq(ctx.direct.get(k), b"499")
+    # By default the first error is raised, after every command ran.
+    p = r.pipeline(transaction=False)
+    p.incr(lst)
+    p.incr(n)
+    try:
+        p.execute()
+    except redis.ResponseError as e:
+        if "WRONGTYPE" not in str(e):
+            raise AssertionError("ResponseError without WRONGTYPE: {}".format(e))
+    else:
+        raise AssertionError("a pipeline with an INCR of a list raised nothing")
+    eq(r.get(n), b"2")
+
+
+@scenario()
+def transaction_pipeline_mixed(ctx):
+    r = ctx.client()
+    other = ctx.client()
+    k, n, h, lst, s, z, missing = (
+        ctx.key(name) for name in ("str", "n", "hash", "list", "set", "zset", "missing")
+    )
+    r.set(k, "before")
+    eq(r.get(k), b"before")  # cached through sidecache
+    eq(other.get(k), b"before")
+    p = r.pipeline()  # transaction=True: MULTI ... EXEC
+    p.get(k)
+    p.set(k, "in-transaction")
+    p.get(k)
+    p.incr(n)
+    p.incrby(n, 4)
+    p.hset(h, mapping={"f": "1", "g": "2"})
+    p.hgetall(h)
+    p.rpush(lst, "x", "y")
+    p.lrange(lst, 0, -1)
+    p.sadd(s, "a", "b")
+    p.smembers(s)
+    p.zadd(z, {"m": 1.5, "n": -2})
+    p.zrange(z, 0, -1, withscores=True)
+    p.zscore(z, "m")
+    p.get(missing)
+    p.delete(missing)
+    p.ping()
+    eq(
+        p.execute(),
+        [
+            b"before",
+            True,
+            b"in-transaction",
+            1,
+            5,
+            2,
+            {b"f": b"1", b"g": b"2"},
+            2,
+            [b"x", b"y"],
+            2,
+            {b"a", b"b"},
+            2,
+            [(b"n", -2.0), (b"m", 1.5)],
+            1.5,
+            None,
+            0,
+            True,
+        ],
+    )
+    eq(r.get(k), b"in-transaction", "own GET after EXEC")
+    eq(other.get(k), b"in-transaction", "another client's GET after EXEC")
+    # A run-time error: the transaction's other commands still run.
+    p = r.pipeline()
+    p.set(n, "10")
+    p.lpush(k, "x")
+    p.get(n)
+    results = p.execute(raise_on_error=False)
+    eq(results[0], True)
+    if not isinstance(results[1], redis.ResponseError) or "WRONGTYPE" not in str(results[1]):
+        raise AssertionError("LPUSH to a string gave {!r}, not a WRONGTYPE error".format(results[1]))
+    eq(results[2], b"10")
+    p = r.pipeline()
+    p.incr(n)
+    p.lpush(k, "x")
+    try:
+        p.execute()
+    except redis.ResponseError as e:
+        if "WRONGTYPE" not in str(e):
+            raise AssertionError("ResponseError without WRONGTYPE: {}".format(e))
+    else:
+        raise AssertionError("a transaction with an LPUSH to a string raised nothing")
+    eq(r.get(n), b"11")
+    # A queue-time error: nothing runs (EXECABORT).
+    p = r.pipeline()
+    p.set(k, "never")
+    p.execute_command("NOSUCHCOMMAND", k)
+    try:
+        p.execute()
+    except redis.ResponseError as e:
+        if "unknown command" not in str(e):
+            raise AssertionError("ResponseError without 'unknown command': {}".format(e))
+    else:
+        raise AssertionError("a transaction with an unknown command raised nothing")
+    eq(r.get(k), b"in-transaction")
+    eq(ctx.direct.get(k), b"in-transaction")
+    eq(r.ping(), True)
+
+
+@scenario()
+def watch_touched_and_untouched(ctx):
+    r = ctx.client()
+    k = ctx.key("watched")
+    eq(r.set(k, "1"), True)
+    eq(r.get(k), b"1")  # cached through sidecache
+    with r.pipeline() as p:
+        p.watch(k)
+        eq(p.get(k), b"1")
+        ctx.direct.set(k, "2")
+        p.multi()
+        p.set(k, "3")
+        try:
+            result = p.execute()
+        except redis.WatchError:
+            pass
+        else:
+            raise AssertionError("EXEC ran although the watched key changed: {!r}".format(result))
+    eq(r.get(k), b"2")
+    with r.pipeline() as p:
+        p.watch(k)
+        v = p.get(k)
+        p.multi()
+        p.set(k, int(v) + 1)
+        eq(p.execute(), [True])
+    eq(r.get(k), b"3")
+    with r.pipeline() as p:
+        p.watch(k)
+        p.unwatch()
+        ctx.direct.set(k, "10")
+        p.multi()
+        p.incr(k)
+        eq(p.execute(), [11])
+    eq(r.get(k), b"11")
+    eq(r.ping(), True)
+
+
+@scenario(group="contention")
+def watch_retry_counter(ctx):
+    """20 threads, each with its own client, add 1 to a counter 50 times by
+    WATCH, GET, MULTI, SET, EXEC, retried on WatchError (r.transaction)."""
+    threads_n, increments = 20, 50
+    k = ctx.key("counter")
+    lock = threading.Lock()
+    stop = threading.Event()
+    errors = []
+    retries = [0]
+
+    def worker():
+        r = ctx.client()
+        try:
+            for _ in range(increments):
+                if stop.is_set():
+                    return
+                attempts = [0]
+
+                def add_one(pipe):
+                    attempts[0] += 1
+                    v = pipe.get(k)
+                    pipe.multi()
+                    pipe.set(k, int(v or 0) + 1)
+
+                eq(r.transaction(add_one, k), [True], "EXEC's result")
+                with lock:
+                    retries[0] += attempts[0] - 1
+        except Exception as e:  # noqa: BLE001 - reported by the scenario
+            with lock:
+                errors.append("{}: {}".format(type(e).__name__, e))
+        finally:
+            r.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(threads_n)]
+    for t in threads:
+        t.start()
+    try:
+        for t in threads:
+            t.join()
+    finally:
+        stop.set()
+    if errors:
+        raise AssertionError("{} of {} threads failed: {}".format(len(errors), threads_n, errors))
+    eq(ctx.direct.get(k), str(threads_n * increments).encode(), "the counter in Redis")
+    eq(ctx.client().get(k), str(threads_n * increments).encode(), "the counter read back")
+    print("    ({} WATCH retries)".format(retries[0]))
+
+
 class ScenarioTimeout(Exception):
     pass
 
@@ -389,23 +613,33 @@ def main():
     ap.add_argument("--redis-port", type=int, required=True, help="Redis's own port")
     ap.add_argument("--protocol", type=int, choices=(2, 3), required=True)
     ap.add_argument("--direct", action="store_true", help="--port is Redis itself")
+    ap.add_argument(
+        "--group",
+        action="append",
+        choices=GROUPS,
+        help="run only this group's scenarios (repeatable; default: all groups)",
+    )
     args = ap.parse_args()
+    groups = set(args.group or GROUPS)
     # Each line out at once, also into a file: a run killed half way still shows where.
     sys.stdout.reconfigure(line_buffering=True)
 
     ctx = Ctx(args)
     print(
-        "redis-py {} ({}), port {}, {}".format(
+        "redis-py {} ({}), port {}, {}, groups {}".format(
             redis.__version__,
             "protocol=2" if args.protocol == 2 else "default protocol",
             args.port,
             "direct to Redis" if args.direct else "through sidecache",
+            ", ".join(g for g in GROUPS if g in groups),
         )
     )
     passed = failed = 0
     run_started = time.monotonic()
     signal.signal(signal.SIGALRM, on_alarm)
-    for name, fn, proxy_only in SCENARIOS:
+    for name, fn, proxy_only, group in SCENARIOS:
+        if group not in groups:
+            continue
         if proxy_only and args.direct:
             print("skip {} (needs sidecache)".format(name))
             continue
