@@ -51,9 +51,12 @@ pub struct Backend<T> {
     /// Requests not yet written; `sent` bytes of it have been.
     out: Vec<u8>,
     sent: usize,
-    /// Replies read; those before `input_start` were already delivered.
+    /// Replies read are `input[input_start..input_end]`; what lies before
+    /// was delivered. The bytes past `input_end` are room for the next
+    /// read, zeroed once when the buffer grew rather than on every read.
     input: Vec<u8>,
     input_start: usize,
+    input_end: usize,
     framer: ReplyFramer,
     /// Each request waiting for a reply, with when it was queued; `None`
     /// for one that may take as long as it likes (a blocking command).
@@ -89,6 +92,7 @@ impl<T> Backend<T> {
             sent: 0,
             input: Vec::new(),
             input_start: 0,
+            input_end: 0,
             framer: ReplyFramer::default(),
             in_flight: VecDeque::new(),
             backoff: BACKOFF_MIN,
@@ -246,12 +250,15 @@ impl<T> Backend<T> {
             return Ok(false);
         };
         // Delivered replies are dropped once per read, not once per reply.
-        self.input.drain(..self.input_start);
+        self.input.copy_within(self.input_start..self.input_end, 0);
+        self.input_end -= self.input_start;
         self.input_start = 0;
-        let filled = self.input.len();
-        self.input.resize(filled + READ_CHUNK, 0);
+        let filled = self.input_end;
+        if self.input.len() < filled + READ_CHUNK {
+            self.input.resize(filled + READ_CHUNK, 0);
+        }
         let result = stream.read(&mut self.input[filled..]);
-        self.input.truncate(filled + *result.as_ref().unwrap_or(&0));
+        self.input_end += *result.as_ref().unwrap_or(&0);
         match result {
             Ok(0) => Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
@@ -268,7 +275,7 @@ impl<T> Backend<T> {
     /// arrived. Its bytes are `self.reply(len)`; call `consume(len)` after
     /// use. An error means the stream is out of step: `lose` it.
     pub fn next_frame(&mut self) -> Result<Option<usize>, Desync> {
-        let pending = &self.input[self.input_start..];
+        let pending = &self.input[self.input_start..self.input_end];
         self.framer.frame(pending).map_err(Desync::Malformed)
     }
 
@@ -288,10 +295,10 @@ impl<T> Backend<T> {
 
     pub fn consume(&mut self, len: usize) {
         self.input_start += len;
-        if self.input_start == self.input.len() {
-            self.input.clear();
+        if self.input_start == self.input_end {
             self.input_start = 0;
-            if self.input.capacity() > KEEP_IDLE_CAPACITY {
+            self.input_end = 0;
+            if self.input.len() > KEEP_IDLE_CAPACITY {
                 self.input = Vec::new();
             }
         }
@@ -309,8 +316,9 @@ impl<T> Backend<T> {
         self.schedule_retry(now);
         self.out.clear();
         self.sent = 0;
-        self.input.clear();
+        self.input = Vec::new();
         self.input_start = 0;
+        self.input_end = 0;
         self.framer = ReplyFramer::default();
         std::mem::take(&mut self.in_flight)
             .into_iter()
@@ -339,6 +347,11 @@ impl<T> Backend<T> {
             retry_at: now + self.backoff,
         };
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Whether a request that may take any time (a blocking command) is in flight.
+    pub fn has_untimed(&self) -> bool {
+        self.in_flight.iter().any(|(_, queued)| queued.is_none())
     }
 
     /// Number of requests waiting for a reply.

@@ -57,6 +57,8 @@ pub struct Client {
     /// it holds a transaction or a blocking call there.
     pub pinned: Option<usize>,
     pub subscriptions: ClientSubscriptions,
+    /// `CLIENT REPLY`: whether replies to its commands are sent.
+    pub reply_mode: ReplyMode,
     /// When it last sent a request or was last sent all it was owed (or
     /// connected), for `--idle-timeout`: as in Redis, a client is idle only
     /// from when the connection last did something.
@@ -84,6 +86,7 @@ impl Client {
             in_refused_multi: false,
             pinned: None,
             subscriptions: ClientSubscriptions::default(),
+            reply_mode: ReplyMode::On,
             last_activity: Instant::now(),
             input: Input::default(),
             replies: Replies::default(),
@@ -158,6 +161,15 @@ impl Client {
     }
 }
 
+/// `CLIENT REPLY ON|OFF|SKIP`. Pub/sub traffic is sent whatever the mode, as in Redis.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyMode {
+    On,
+    Off,
+    /// The next command's reply is not sent; then `On` again.
+    SkipNext,
+}
+
 pub enum ReadOutcome {
     /// Bytes were read (or the read was interrupted); the socket may hold more.
     Data,
@@ -224,10 +236,16 @@ pub struct Replies {
     slot_bytes: usize,
     output: Vec<u8>,
     sent: usize,
+    /// While set, replies of the request being handled are dropped
+    /// (`CLIENT REPLY OFF` or `SKIP`); pub/sub traffic still goes out.
+    pub silent: bool,
 }
 
 enum Slot {
     Waiting,
+    /// Waiting for a reply that will be dropped, keeping its place so
+    /// that later replies still leave in order.
+    Dropped,
     Ready(Vec<u8>),
     Shared(Rc<[u8]>),
 }
@@ -235,12 +253,31 @@ enum Slot {
 impl Replies {
     /// Reserves the next slot for a reply that will come later; returns its sequence number.
     pub fn reserve(&mut self) -> u64 {
-        self.slots.push_back(Slot::Waiting);
+        let slot = match self.silent {
+            true => Slot::Dropped,
+            false => Slot::Waiting,
+        };
+        self.slots.push_back(slot);
         self.first_seq + self.slots.len() as u64 - 1
+    }
+
+    /// Like `reserve`, for pub/sub traffic, which `CLIENT REPLY` does not silence.
+    pub fn reserve_out_of_band(&mut self) -> u64 {
+        let silent = std::mem::replace(&mut self.silent, false);
+        let seq = self.reserve();
+        self.silent = silent;
+        seq
     }
 
     /// Queues a reply that is ready now, behind every earlier one.
     pub fn push(&mut self, reply: &[u8]) {
+        if !self.silent {
+            self.push_out_of_band(reply);
+        }
+    }
+
+    /// Like `push`, for pub/sub traffic, which `CLIENT REPLY` does not silence.
+    pub fn push_out_of_band(&mut self, reply: &[u8]) {
         if self.slots.is_empty() {
             self.output.extend_from_slice(reply);
         } else {
@@ -251,6 +288,9 @@ impl Replies {
 
     /// Like `push`, for a reply shared with the cache.
     pub fn push_shared(&mut self, reply: Rc<[u8]>) {
+        if self.silent {
+            return;
+        }
         if self.slots.is_empty() {
             self.output.extend_from_slice(&reply);
         } else {
@@ -266,13 +306,15 @@ impl Replies {
             return;
         };
         let index = index as usize;
+        let dropped = matches!(self.slots.get(index), Some(Slot::Dropped));
+        let reply = if dropped { &[][..] } else { reply };
         if index == 0 {
             self.output.extend_from_slice(reply);
             self.slots.pop_front();
             self.first_seq += 1;
             self.release_ready();
         } else if let Some(slot) = self.slots.get_mut(index) {
-            debug_assert!(matches!(slot, Slot::Waiting));
+            debug_assert!(matches!(slot, Slot::Waiting | Slot::Dropped));
             self.slot_bytes += reply.len();
             *slot = Slot::Ready(reply.to_vec());
         }
@@ -281,7 +323,7 @@ impl Replies {
     fn release_ready(&mut self) {
         while let Some(slot) = self.slots.front() {
             match slot {
-                Slot::Waiting => break,
+                Slot::Waiting | Slot::Dropped => break,
                 Slot::Ready(bytes) => {
                     self.slot_bytes -= bytes.len();
                     self.output.extend_from_slice(bytes)
@@ -332,6 +374,24 @@ mod tests {
         assert_eq!(r.owed(), 0);
         r.push(b"+now\r\n");
         assert!(r.output.ends_with(b"+now\r\n"));
+    }
+
+    #[test]
+    fn silenced_replies_keep_their_place_and_vanish() {
+        let mut r = Replies::default();
+        let first = r.reserve();
+        r.silent = true;
+        let dropped = r.reserve();
+        r.push(b"+local\r\n");
+        r.push_out_of_band(b"+message\r\n");
+        r.silent = false;
+        let last = r.reserve();
+        r.fill(last, b"+last\r\n");
+        r.fill(dropped, b"+dropped\r\n");
+        assert_eq!(r.unsent(), 0);
+        r.fill(first, b"+first\r\n");
+        assert_eq!(r.output, b"+first\r\n+message\r\n+last\r\n");
+        assert_eq!(r.owed(), 0);
     }
 
     #[test]

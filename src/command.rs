@@ -6,6 +6,7 @@
 //! looks at argument bytes only and never touches a socket or the cache.
 //! The README's command table mirrors this file.
 
+use crate::client::ReplyMode;
 use crate::pubsub::Kind;
 use crate::resp::Protocol;
 
@@ -40,13 +41,18 @@ pub enum Action {
     ClientSetInfo(LibAttr),
     /// `CLIENT ID`.
     ClientId,
+    /// `CLIENT UNBLOCK id [TIMEOUT|ERROR]`, for a sidecache client id.
+    ClientUnblock,
+    /// `CLIENT REPLY ON|OFF|SKIP`.
+    ClientReply(ReplyMode),
     /// Answer with this error (without the leading `-`), connection kept.
     Error(String),
     /// `MULTI` or `WATCH`: the client needs a connection to Redis of its
     /// own until `EXEC`, `DISCARD` or `UNWATCH` ends the state.
     Transaction,
     /// A blocking command: it runs on a connection of the client's own,
-    /// so that only the client waits.
+    /// so that only the client waits. So do SCRIPT KILL and FUNCTION KILL,
+    /// to reach Redis while a script stalls the shared connection.
     Blocking,
     /// `(P|S)SUBSCRIBE`, with the channels from argument 1 on.
     Subscribe(Kind),
@@ -130,6 +136,9 @@ pub fn classify<'a>(argc: usize, arg: impl Fn(usize) -> &'a [u8]) -> Action {
         b"BLPOP" | b"BRPOP" | b"BRPOPLPUSH" | b"BLMOVE" | b"BLMPOP" | b"BZPOPMIN" | b"BZPOPMAX"
         | b"BZMPOP" => Action::Blocking,
         b"XREAD" | b"XREADGROUP" if has_block_option(argc, &arg) => Action::Blocking,
+        b"SCRIPT" | b"FUNCTION" if argc == 2 && arg(1).eq_ignore_ascii_case(b"KILL") => {
+            Action::Blocking
+        }
         b"WAIT" | b"WAITAOF" => refuse(
             arg(0),
             "the writes it would wait for went over the connection to Redis that all clients share",
@@ -225,6 +234,26 @@ fn client<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
         return wrong_arity("client");
     }
     let sub = arg(1).to_ascii_uppercase();
+    if sub == b"UNBLOCK" && (argc == 3 || argc == 4) {
+        // Ids are sidecache's, and a blocked client's call runs on its own
+        // connection to Redis: the server unblocks that one.
+        let reason_ok = argc == 3
+            || arg(3).eq_ignore_ascii_case(b"TIMEOUT")
+            || arg(3).eq_ignore_ascii_case(b"ERROR");
+        return match reason_ok {
+            true => Action::ClientUnblock,
+            false => Action::Error("ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR".into()),
+        };
+    }
+    if sub == b"REPLY" && argc == 3 {
+        let mode = arg(2).to_ascii_uppercase();
+        return match mode.as_slice() {
+            b"ON" => Action::ClientReply(ReplyMode::On),
+            b"OFF" => Action::ClientReply(ReplyMode::Off),
+            b"SKIP" => Action::ClientReply(ReplyMode::SkipNext),
+            _ => Action::Error("ERR syntax error".into()),
+        };
+    }
     let expected_argc = match sub.as_slice() {
         b"SETNAME" => 3,
         b"GETNAME" | b"ID" => 2,
@@ -232,10 +261,10 @@ fn client<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
         _ => {
             let name = [b"client ", arg(1)].concat();
             let reason = match sub.as_slice() {
-                b"KILL" | b"PAUSE" | b"UNPAUSE" | b"UNBLOCK" => {
+                b"KILL" | b"PAUSE" | b"UNPAUSE" => {
                     "it acts on other connections, and sidecache's clients are not Redis's"
                 }
-                b"NO-EVICT" | b"REPLY" | b"NO-TOUCH" => {
+                b"NO-EVICT" | b"NO-TOUCH" => {
                     "it would change the connection to Redis that all clients share"
                 }
                 b"TRACKING" | b"CACHING" | b"GETREDIR" | b"TRACKINGINFO" => {
@@ -346,6 +375,18 @@ mod tests {
         assert_eq!(of("CLIENT SETNAME me"), Action::ClientSetName);
         assert_eq!(of("client getname"), Action::ClientGetName);
         assert_eq!(of("CLIENT ID"), Action::ClientId);
+        assert_eq!(of("CLIENT UNBLOCK 7"), Action::ClientUnblock);
+        assert_eq!(of("client reply off"), Action::ClientReply(ReplyMode::Off));
+        assert_eq!(
+            of("CLIENT REPLY SKIP"),
+            Action::ClientReply(ReplyMode::SkipNext)
+        );
+        assert_eq!(error_of("CLIENT REPLY maybe"), "ERR syntax error");
+        assert_eq!(of("client unblock 7 error"), Action::ClientUnblock);
+        assert_eq!(
+            error_of("CLIENT UNBLOCK 7 never"),
+            "ERR CLIENT UNBLOCK reason should be TIMEOUT or ERROR"
+        );
         assert_eq!(
             of("CLIENT SETINFO lib-name redis-py"),
             Action::ClientSetInfo(LibAttr::Name)
@@ -410,7 +451,6 @@ mod tests {
             "REPLCONF listening-port 1",
             "CLIENT KILL ID 1",
             "CLIENT TRACKING ON",
-            "CLIENT REPLY OFF",
         ] {
             let e = error_of(line);
             let name = line.split(' ').next().unwrap().to_ascii_lowercase();
@@ -447,6 +487,9 @@ mod tests {
             assert_eq!(of(line), Action::Blocking, "{line}");
         }
         assert_eq!(of("XREAD STREAMS s 0"), Action::Forward);
+        assert_eq!(of("SCRIPT KILL"), Action::Blocking);
+        assert_eq!(of("function kill"), Action::Blocking);
+        assert_eq!(of("SCRIPT FLUSH"), Action::Forward);
         assert_eq!(of("SUBSCRIBE a b"), Action::Subscribe(Kind::Channel));
         assert_eq!(of("psubscribe a*"), Action::Subscribe(Kind::Pattern));
         assert_eq!(of("SSUBSCRIBE a"), Action::Subscribe(Kind::Shard));

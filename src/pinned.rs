@@ -35,9 +35,10 @@ pub enum PinnedRequest {
         /// spoiled by refusing a command: the client gets EXECABORT.
         aborts: bool,
     },
-    /// sidecache's own: the protocol and the name of the connection.
+    /// sidecache's own: the protocol, the name and the id of the connection.
     Hello,
     SetName,
+    ClientId,
 }
 
 /// The EXEC reply of a transaction in which sidecache refused a command.
@@ -119,6 +120,8 @@ pub struct Pinned {
     pub tx_writes: Option<Rewrites>,
     /// Already in the server's list of pinned connections to write.
     pub flush_queued: bool,
+    /// Redis's id for the connection, for CLIENT UNBLOCK.
+    pub redis_id: Option<i64>,
 }
 
 impl Pinned {
@@ -130,6 +133,7 @@ impl Pinned {
             session: Session::default(),
             tx_writes: None,
             flush_queued: false,
+            redis_id: None,
         }
     }
 

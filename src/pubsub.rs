@@ -205,6 +205,14 @@ impl Channels {
         false
     }
 
+    /// Whether client `id` is the only listener of `name` and Redis
+    /// delivers it: unsubscribing it would send UNSUBSCRIBE.
+    pub fn is_last(&self, kind: Kind, name: &[u8], id: u64) -> bool {
+        self.entries.get(&(kind, Box::from(name))).is_some_and(|e| {
+            e.confirmed && e.subscribers.len() == 1 && e.subscribers.contains_key(&id)
+        })
+    }
+
     /// Redis confirmed sidecache's SUBSCRIBE: returns the held
     /// acknowledgements, and whether nobody listens any more (the caller
     /// then sends UNSUBSCRIBE at once).
@@ -254,6 +262,88 @@ impl Channels {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// How many receivers a PUBLISH (`Kind::Channel`) or SPUBLISH
+    /// (`Kind::Shard`) to `channel` has among sidecache's subscriptions:
+    /// as Redis counts sidecache's one connection (a channel and each
+    /// matching pattern once), and as Redis would count sidecache's
+    /// clients had they subscribed directly.
+    pub fn receivers(&self, kind: Kind, channel: &[u8]) -> (usize, usize) {
+        let mut as_connection = 0;
+        let mut as_clients = 0;
+        for ((entry_kind, name), entry) in &self.entries {
+            let receives = match (kind, *entry_kind) {
+                (Kind::Channel, Kind::Channel) | (Kind::Shard, Kind::Shard) => **name == *channel,
+                (Kind::Channel, Kind::Pattern) => glob_match(name, channel),
+                _ => false,
+            };
+            if receives && entry.confirmed {
+                as_connection += 1;
+                as_clients += entry.subscribers.len();
+            }
+        }
+        (as_connection, as_clients)
+    }
+}
+
+/// Whether `subject` matches the glob-style `pattern` as Redis matches
+/// PSUBSCRIBE patterns: `*`, `?`, `[abc]`, `[^a-z]`, and `\` escapes.
+pub fn glob_match(pattern: &[u8], subject: &[u8]) -> bool {
+    let (mut p, mut s) = (0, 0);
+    // Where the last `*` was, and where in the subject it is tried up to.
+    let mut backtrack: Option<(usize, usize)> = None;
+    while s < subject.len() {
+        if pattern.get(p) == Some(&b'*') {
+            backtrack = Some((p, s));
+            p += 1;
+            continue;
+        }
+        if let Some(next) = match_one(pattern, p, subject[s]) {
+            p = next;
+            s += 1;
+            continue;
+        }
+        match backtrack {
+            Some((star, tried)) => {
+                p = star + 1;
+                s = tried + 1;
+                backtrack = Some((star, tried + 1));
+            }
+            None => return false,
+        }
+    }
+    pattern[p.min(pattern.len())..].iter().all(|&c| c == b'*')
+}
+
+/// If the pattern element at `p` (not a `*`) matches byte `c`, where the next element starts.
+fn match_one(pattern: &[u8], p: usize, c: u8) -> Option<usize> {
+    match *pattern.get(p)? {
+        b'?' => Some(p + 1),
+        b'\\' if p + 1 < pattern.len() => (pattern[p + 1] == c).then_some(p + 2),
+        b'[' => {
+            let mut i = p + 1;
+            let negate = pattern.get(i) == Some(&b'^');
+            if negate {
+                i += 1;
+            }
+            let mut matched = false;
+            while i < pattern.len() && pattern[i] != b']' {
+                if pattern[i] == b'\\' && i + 1 < pattern.len() {
+                    matched |= pattern[i + 1] == c;
+                    i += 2;
+                } else if i + 2 < pattern.len() && pattern[i + 1] == b'-' {
+                    let (a, b) = (pattern[i], pattern[i + 2]);
+                    matched |= (a.min(b)..=a.max(b)).contains(&c);
+                    i += 3;
+                } else {
+                    matched |= pattern[i] == c;
+                    i += 1;
+                }
+            }
+            (matched != negate).then_some((i + 1).min(pattern.len()))
+        }
+        literal => (literal == c).then_some(p + 1),
     }
 }
 
@@ -362,6 +452,52 @@ mod tests {
         let (_, abandoned) = r.confirm(Kind::Pattern, b"p*");
         assert!(abandoned);
         assert!(r.is_empty());
+    }
+
+    #[test]
+    fn globs_match_as_redis_does() {
+        for (pattern, subject, expected) in [
+            ("*", "", true),
+            ("*", "anything", true),
+            ("ch*", "channel", true),
+            ("ch*", "xchannel", false),
+            ("c?annel", "channel", true),
+            ("c?annel", "cannel", false),
+            ("*.foo.*", "a.foo.b", true),
+            ("*.foo.*", "a.bar.b", false),
+            ("h[ae]llo", "hello", true),
+            ("h[ae]llo", "hillo", false),
+            ("h[^e]llo", "hallo", true),
+            ("h[^e]llo", "hello", false),
+            ("h[a-c]llo", "hbllo", true),
+            ("h[c-a]llo", "hbllo", true),
+            ("h[a-c]llo", "hdllo", false),
+            ("a\\*b", "a*b", true),
+            ("a\\*b", "axb", false),
+            ("**a**b**", "xxaxxbxx", true),
+            ("*a*a*a*a*a*a*b", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", false),
+        ] {
+            assert_eq!(
+                glob_match(pattern.as_bytes(), subject.as_bytes()),
+                expected,
+                "{pattern} vs {subject}"
+            );
+        }
+    }
+
+    #[test]
+    fn publish_receivers_count_clients_not_the_connection() {
+        let mut r = Channels::default();
+        r.subscribe(Kind::Channel, b"news", 1, 10);
+        r.subscribe(Kind::Channel, b"news", 2, 20);
+        r.subscribe(Kind::Pattern, b"n*", 1, 10);
+        r.subscribe(Kind::Pattern, b"x*", 3, 30);
+        r.confirm(Kind::Channel, b"news");
+        r.confirm(Kind::Pattern, b"n*");
+        r.confirm(Kind::Pattern, b"x*");
+        assert_eq!(r.receivers(Kind::Channel, b"news"), (2, 3));
+        assert_eq!(r.receivers(Kind::Channel, b"nope"), (1, 1));
+        assert_eq!(r.receivers(Kind::Shard, b"news"), (0, 0));
     }
 
     #[test]

@@ -24,7 +24,7 @@
 
 use crate::backend::{info_field, Backend, Progress};
 use crate::cache::{Cache, FillTicket, Limits, Rewrites};
-use crate::client::{Client, Phase, ReadOutcome, Replies};
+use crate::client::{Client, Phase, ReadOutcome, Replies, ReplyMode};
 use crate::command::{self, Action, InRefusedMulti, LibAttr};
 use crate::config::{Config, TrackingMode};
 use crate::keys::{CommandTable, Writes};
@@ -95,6 +95,9 @@ enum DataRequest {
         seq: u64,
         fills: bool,
         rewrites: Option<Box<Rewrites>>,
+        /// A PUBLISH or SPUBLISH to this channel: Redis counts sidecache's
+        /// one subscribed connection, the client expects its subscribers.
+        publish: Option<Box<(Kind, Box<[u8]>)>>,
     },
     /// The PTTL sent right after a GET miss: it completes the fill, so a
     /// cached value never outlives the key's own expiry.
@@ -113,12 +116,25 @@ enum DataRequest {
     },
 }
 
+/// A connection to Redis that requests are queued on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Route {
+    Data(usize),
+    Pubsub,
+    Pinned(usize),
+}
+
 /// sidecache's requests on the pub/sub connection: one (un)subscription each.
 #[derive(Debug)]
 enum PubsubRequest {
     SetName,
-    Subscribe { kind: Kind, name: Box<[u8]> },
-    Unsubscribe,
+    Subscribe {
+        kind: Kind,
+        name: Box<[u8]>,
+    },
+    /// With the acknowledgement held until Redis stopped delivering the
+    /// channel, so that a PUBLISH after it is not counted for sidecache.
+    Unsubscribe(Option<Box<Waiter>>),
 }
 
 /// sidecache's own requests on the invalidation connection.
@@ -173,9 +189,41 @@ struct Proxy {
     channels: Channels,
     redis: SocketAddr,
     timeout: Duration,
+    /// Where requests were last queued this turn: every other connection
+    /// has been written out since.
+    last_route: Option<Route>,
 }
 
 impl Proxy {
+    /// Called before a request is queued on `next`: writes out what was
+    /// queued on every other connection first, so that requests reach
+    /// Redis in the order clients sent them, across connections too (a
+    /// write on the shared connection, then a transaction's EXEC on a
+    /// pinned one, must not run the other way round). Requests in a row
+    /// for one connection are still written together. A write error is
+    /// left for the end of the turn, whose flush meets it again.
+    fn route(&mut self, next: Route) {
+        if self.last_route == Some(next) {
+            return;
+        }
+        self.last_route = Some(next);
+        for c in 0..2 {
+            if next != Route::Data(c) && self.data[c].has_output() {
+                let _ = self.data[c].flush();
+            }
+        }
+        if next != Route::Pubsub && self.pubsub.has_output() {
+            let _ = self.pubsub.flush();
+        }
+        for &p in &self.pinned_to_flush {
+            if next != Route::Pinned(p) {
+                if let Some(pinned) = self.pinned.get_mut(p) {
+                    let _ = pinned.backend.flush();
+                }
+            }
+        }
+    }
+
     /// A connection of its own for `owner`, in its protocol: a pooled one,
     /// or a new one that takes requests while it connects. The error is
     /// the client's reply.
@@ -205,6 +253,9 @@ impl Proxy {
                         &[&b"CLIENT"[..], b"SETNAME", tracking::PINNED_CONNECTION_NAME],
                     )
                 });
+                backend.queue(PinnedRequest::ClientId, |out| {
+                    resp::command(out, &["CLIENT", "ID"])
+                });
                 let p = entry.key();
                 entry.insert(Pinned::new(backend));
                 p
@@ -215,6 +266,16 @@ impl Proxy {
         Ok(p)
     }
 
+    /// Redis's id for the pinned connection on which client `id` is in a
+    /// blocking call (or has anything in flight), if there is one.
+    fn blocked_redis_id(&self, id: i64) -> Option<i64> {
+        let id = u64::try_from(id).ok()?;
+        self.pinned
+            .iter()
+            .find(|(_, p)| p.owner.is_some_and(|o| o.id == id) && p.backend.in_flight() > 0)
+            .and_then(|(_, p)| p.redis_id)
+    }
+
     /// Makes Redis speak `protocol` on pinned connection `p` from its next request on.
     fn switch_pinned_protocol(&mut self, p: usize, protocol: Protocol) {
         let pinned = &mut self.pinned[p];
@@ -222,6 +283,8 @@ impl Proxy {
             return;
         }
         pinned.protocol = protocol;
+        self.route(Route::Pinned(p));
+        let pinned = &mut self.pinned[p];
         let version = match protocol {
             Protocol::Resp2 => "2",
             Protocol::Resp3 => "3",
@@ -264,14 +327,18 @@ impl Proxy {
     }
 
     /// Client `id` no longer listens to `name`: Redis stops delivering it
-    /// to sidecache once nobody does.
-    fn unsubscribe(&mut self, kind: Kind, name: &[u8], id: u64) {
-        if self.channels.unsubscribe(kind, name, id) && self.pubsub.accepts_requests() {
-            let verb = kind.unsubscribe_name().as_bytes();
-            self.pubsub.queue(PubsubRequest::Unsubscribe, |out| {
-                resp::command(out, &[verb, name])
-            });
+    /// to sidecache once nobody does. Returns whether an UNSUBSCRIBE was
+    /// sent; `waiter` then gets its acknowledgement once Redis answers it.
+    fn unsubscribe(&mut self, kind: Kind, name: &[u8], id: u64, waiter: Option<Waiter>) -> bool {
+        if !self.channels.unsubscribe(kind, name, id) || !self.pubsub.accepts_requests() {
+            return false;
         }
+        let verb = kind.unsubscribe_name().as_bytes();
+        let request = PubsubRequest::Unsubscribe(waiter.map(Box::new));
+        self.route(Route::Pubsub);
+        self.pubsub
+            .queue(request, |out| resp::command(out, &[verb, name]));
+        true
     }
 
     /// Opens the RESP3 data connection on first need, at once, so that
@@ -396,6 +463,7 @@ impl Server {
                 channels: Channels::default(),
                 redis: config.redis,
                 timeout,
+                last_route: None,
             },
             invalidation,
             tracking: Tracking {
@@ -482,10 +550,14 @@ impl Server {
             for key in std::mem::take(&mut self.to_resume) {
                 self.pump(key);
             }
+            // Subscription changes first: Redis then applies them before a
+            // PUBLISH that arrived in the same turn, as it would had the
+            // clients been its own.
+            self.flush_pubsub();
             self.flush_data();
             self.flush_invalidation();
             self.flush_pinned();
-            self.flush_pubsub();
+            self.proxy.last_route = None;
             self.flush_clients();
             for key in self.to_remove.drain(..) {
                 self.clients.remove(key);
@@ -633,6 +705,13 @@ impl Server {
                     // The client may half-close after its last request and
                     // still read the replies: answer what arrived, then close.
                     self.handle_requests(key);
+                    // But a blocking call may never end: Redis frees a
+                    // client whose input ended, and so does sidecache, so
+                    // the call does not take a value nobody will read.
+                    if self.is_blocked(key) {
+                        self.close(key);
+                        return;
+                    }
                     let client = &mut self.clients[key];
                     client.readable = false;
                     if client.phase == Phase::Open {
@@ -736,6 +815,14 @@ impl Server {
         }
     }
 
+    /// Whether the client waits on a blocking call on its pinned connection.
+    fn is_blocked(&self, key: usize) -> bool {
+        let pinned = self.clients.get(key).and_then(|c| c.pinned);
+        pinned
+            .and_then(|p| self.proxy.pinned.get(p))
+            .is_some_and(|p| p.backend.has_untimed())
+    }
+
     fn close_if_done(&mut self, key: usize) {
         if self.clients.get(key).is_some_and(Client::is_done) {
             self.close(key);
@@ -756,7 +843,7 @@ impl Server {
         let id = client.id;
         let pinned = client.pinned.take();
         for (kind, name) in client.subscriptions.take_all() {
-            self.proxy.unsubscribe(kind, &name, id);
+            self.proxy.unsubscribe(kind, &name, id, None);
         }
         if let Some(p) = pinned {
             // A connection left mid-transaction or mid-call is closed, so
@@ -901,6 +988,7 @@ impl Server {
                 seq,
                 fills,
                 rewrites,
+                publish,
             } => {
                 if fills {
                     self.fill_reply[c] = Some(cacheable_value(reply));
@@ -908,7 +996,17 @@ impl Server {
                 if let Some(rewrites) = rewrites {
                     rewrites.apply(&mut self.proxy.cache);
                 }
-                let reply = self.proxy.data[c].reply(len);
+                let mut reply = self.proxy.data[c].reply(len);
+                let mut counted = Vec::new();
+                if let Some((kind, channel)) = publish.as_deref() {
+                    let receivers = resp::parse_value(reply).ok().and_then(|v| v.as_integer());
+                    if let Some(n) = receivers {
+                        let (ours, clients) = self.proxy.channels.receivers(*kind, channel);
+                        let n = (n as usize).saturating_sub(ours) + clients;
+                        resp::integer(&mut counted, n as i64);
+                        reply = &counted;
+                    }
+                }
                 let Some(client) = self.clients.get_mut(key) else {
                     return;
                 };
@@ -1345,6 +1443,10 @@ impl Server {
                 }
             }
             PinnedRequest::SetName => {}
+            PinnedRequest::ClientId => {
+                let id = resp::parse_value(pinned.backend.reply(len));
+                pinned.redis_id = id.ok().and_then(|v| v.as_integer());
+            }
         }
         let pinned = &mut self.proxy.pinned[p];
         pinned.backend.consume(len);
@@ -1534,14 +1636,14 @@ impl Server {
                 continue;
             }
             match client.protocol {
-                Protocol::Resp2 => client.replies.push(message),
+                Protocol::Resp2 => client.replies.push_out_of_band(message),
                 Protocol::Resp3 => {
                     let push = as_push.get_or_insert_with(|| {
                         let mut push = message.to_vec();
                         push[0] = b'>';
                         push
                     });
-                    client.replies.push(push);
+                    client.replies.push_out_of_band(push);
                 }
             }
             delivered.push(key);
@@ -1552,8 +1654,13 @@ impl Server {
     }
 
     fn pubsub_reply(&mut self, request: PubsubRequest, reply: &Value) {
-        let PubsubRequest::Subscribe { kind, name } = request else {
-            return;
+        let (kind, name) = match request {
+            PubsubRequest::Subscribe { kind, name } => (kind, name),
+            PubsubRequest::Unsubscribe(Some(waiter)) => {
+                self.fill_slot(waiter.key, waiter.id, waiter.seq, &waiter.ack);
+                return;
+            }
+            PubsubRequest::Unsubscribe(None) | PubsubRequest::SetName => return,
         };
         let waiters = if let Value::Error(e) = reply {
             log!(
@@ -1580,9 +1687,11 @@ impl Server {
             let (waiters, abandoned) = self.proxy.channels.confirm(kind, &name);
             if abandoned {
                 let verb = kind.unsubscribe_name().as_bytes();
-                self.proxy.pubsub.queue(PubsubRequest::Unsubscribe, |out| {
-                    resp::command(out, &[verb, &name])
-                });
+                self.proxy
+                    .pubsub
+                    .queue(PubsubRequest::Unsubscribe(None), |out| {
+                        resp::command(out, &[verb, &name])
+                    });
             }
             waiters
         };
@@ -1800,9 +1909,30 @@ enum Executed {
     Wait,
 }
 
+/// Acts on one request, its reply silenced if `CLIENT REPLY` says so.
+fn execute(
+    client: &mut Client,
+    key: usize,
+    request: &Request,
+    proxy: &mut Proxy,
+    now: Instant,
+) -> Executed {
+    let mode = client.reply_mode;
+    client.replies.silent = mode != ReplyMode::On;
+    if mode == ReplyMode::SkipNext {
+        client.reply_mode = ReplyMode::On;
+    }
+    let executed = execute_request(client, key, request, proxy, now);
+    client.replies.silent = false;
+    if let Executed::Wait = executed {
+        client.reply_mode = mode;
+    }
+    executed
+}
+
 /// Acts on one request: answers it, serves it from the cache, or queues it
 /// for Redis with a reserved reply slot.
-fn execute(
+fn execute_request(
     client: &mut Client,
     key: usize,
     request: &Request,
@@ -1893,8 +2023,21 @@ fn execute(
             // before this write; then the keys are dropped again on its reply.
             let both = !proxy.data[conn(protocol) ^ 1].is_off();
             let rewrites = drop_written(proxy, request.argc(), arg, both).map(Box::new);
+            let publish = match (request.argc(), proxy.channels.is_empty()) {
+                (3, false) if arg(0).eq_ignore_ascii_case(b"PUBLISH") => Some(Kind::Channel),
+                (3, false) if arg(0).eq_ignore_ascii_case(b"SPUBLISH") => Some(Kind::Shard),
+                _ => None,
+            }
+            .map(|kind| Box::new((kind, Box::from(arg(1)))));
             let target = Target::new(&mut client.replies, key, client.id, protocol);
-            forward(target, request, input, proxy, Forward::Other(rewrites), now);
+            forward(
+                target,
+                request,
+                input,
+                proxy,
+                Forward::Other(rewrites, publish),
+                now,
+            );
             return Executed::Done;
         }
         Action::Transaction | Action::Blocking => {
@@ -1916,10 +2059,28 @@ fn execute(
             }
         }
         Action::Subscribe(kind) => subscribe(client, key, request, kind, proxy, now),
-        Action::Unsubscribe(kind) => unsubscribe(client, request, kind, proxy),
+        Action::Unsubscribe(kind) => unsubscribe(client, key, request, kind, proxy),
         Action::Reset => {
             reset(client, proxy);
             resp::simple(&mut out, b"RESET");
+        }
+        Action::ClientUnblock => {
+            let reason = (request.argc() == 4).then(|| arg(3));
+            match resp::parse_int(arg(2)) {
+                None => resp::error(&mut out, "ERR value is not an integer or out of range"),
+                Some(id) => match proxy.blocked_redis_id(id) {
+                    // Redis's answer says whether the call was still blocked.
+                    Some(redis_id) => {
+                        let redis_id = redis_id.to_string();
+                        let mut unblock = vec![&b"CLIENT"[..], b"UNBLOCK", redis_id.as_bytes()];
+                        unblock.extend(reason);
+                        let target = Target::new(&mut client.replies, key, client.id, protocol);
+                        forward_command(target, proxy, &unblock);
+                        return Executed::Done;
+                    }
+                    None => resp::integer(&mut out, 0),
+                },
+            }
         }
         other => answer_locally(client, request, other, proxy, &mut out, now),
     }
@@ -1987,6 +2148,18 @@ fn answer_locally(
             resp::simple(out, b"OK");
         }
         Action::ClientId => resp::integer(out, client.id as i64),
+        // As in Redis: ON is answered even after OFF; OFF and SKIP are not answered.
+        Action::ClientReply(ReplyMode::On) => {
+            client.reply_mode = ReplyMode::On;
+            client.replies.silent = false;
+            resp::simple(out, b"OK");
+        }
+        Action::ClientReply(ReplyMode::Off) => client.reply_mode = ReplyMode::Off,
+        Action::ClientReply(ReplyMode::SkipNext) => {
+            if client.reply_mode != ReplyMode::Off {
+                client.reply_mode = ReplyMode::SkipNext;
+            }
+        }
         Action::Error(message) => resp::error(out, &message),
         // Handled by the caller.
         Action::Get
@@ -1995,7 +2168,8 @@ fn answer_locally(
         | Action::Blocking
         | Action::Subscribe(_)
         | Action::Unsubscribe(_)
-        | Action::Reset => resp::error(out, "ERR internal error: request misrouted"),
+        | Action::Reset
+        | Action::ClientUnblock => resp::error(out, "ERR internal error: request misrouted"),
     }
 }
 
@@ -2052,7 +2226,7 @@ fn execute_pinned(
             );
         }
         Action::Subscribe(kind) => subscribe(client, key, request, kind, proxy, now),
-        Action::Unsubscribe(kind) => unsubscribe(client, request, kind, proxy),
+        Action::Unsubscribe(kind) => unsubscribe(client, key, request, kind, proxy),
         other => answer_locally(client, request, other, proxy, &mut out, now),
     }
     client.replies.push(&out);
@@ -2095,7 +2269,8 @@ fn forward_pinned(
         rewrites,
         aborts,
     };
-    let backend = &mut pinned.backend;
+    proxy.route(Route::Pinned(p));
+    let backend = &mut proxy.pinned[p].backend;
     if aborts {
         backend.queue(entry, |out| resp::command(out, &["DISCARD"]));
     } else if blocks {
@@ -2161,12 +2336,12 @@ fn subscribe(
             count,
         );
         if !added {
-            client.replies.push(&ack);
+            client.replies.push_out_of_band(&ack);
             continue;
         }
         match proxy.channels.subscribe(kind, name, key, client.id) {
             Subscribed::Now => {
-                client.replies.push(&ack);
+                client.replies.push_out_of_band(&ack);
                 continue;
             }
             Subscribed::Later => {}
@@ -2176,6 +2351,7 @@ fn subscribe(
                     name: Box::from(name),
                 };
                 let verb = kind.subscribe_name().as_bytes();
+                proxy.route(Route::Pubsub);
                 proxy
                     .pubsub
                     .queue(request, |out| resp::command(out, &[verb, name]));
@@ -2184,7 +2360,7 @@ fn subscribe(
         let waiter = Waiter {
             key,
             id: client.id,
-            seq: client.replies.reserve(),
+            seq: client.replies.reserve_out_of_band(),
             ack,
         };
         proxy.channels.wait(kind, name, waiter);
@@ -2192,7 +2368,7 @@ fn subscribe(
 }
 
 /// `(P|S)UNSUBSCRIBE`: from the channels named, or from all of the kind.
-fn unsubscribe(client: &mut Client, request: &Request, kind: Kind, proxy: &mut Proxy) {
+fn unsubscribe(client: &mut Client, key: usize, request: &Request, kind: Kind, proxy: &mut Proxy) {
     let input = client.input.pending();
     let names: Vec<Box<[u8]>> = if request.argc() == 1 {
         client.subscriptions.names(kind)
@@ -2201,40 +2377,58 @@ fn unsubscribe(client: &mut Client, request: &Request, kind: Kind, proxy: &mut P
             .map(|i| Box::from(request.arg(input, i).unwrap_or_default()))
             .collect()
     };
-    let mut out = Vec::new();
     if names.is_empty() {
+        let mut ack = Vec::new();
         let count = client.subscriptions.count(kind);
         pubsub::ack(
-            &mut out,
+            &mut ack,
             client.protocol,
             kind.unsubscribe_name(),
             None,
             count,
         );
+        client.replies.push_out_of_band(&ack);
     }
     for name in names {
-        if client.subscriptions.remove(kind, &name) {
-            proxy.unsubscribe(kind, &name, client.id);
-        }
+        let removed = client.subscriptions.remove(kind, &name);
+        let mut ack = Vec::new();
         let count = client.subscriptions.count(kind);
         pubsub::ack(
-            &mut out,
+            &mut ack,
             client.protocol,
             kind.unsubscribe_name(),
             Some(&name),
             count,
         );
+        let last = proxy.channels.is_last(kind, &name, client.id);
+        if removed && last && proxy.pubsub.accepts_requests() {
+            // Acknowledged once Redis stopped delivering it, so a PUBLISH
+            // the client makes next does not count it.
+            let waiter = Waiter {
+                key,
+                id: client.id,
+                seq: client.replies.reserve_out_of_band(),
+                ack,
+            };
+            proxy.unsubscribe(kind, &name, client.id, Some(waiter));
+            continue;
+        }
+        if removed {
+            proxy.unsubscribe(kind, &name, client.id, None);
+        }
+        client.replies.push_out_of_band(&ack);
     }
-    client.replies.push(&out);
 }
 
 /// What `RESET` does to sidecache's view of the client; a pinned
 /// connection gets the RESET itself.
 fn reset(client: &mut Client, proxy: &mut Proxy) {
     for (kind, name) in client.subscriptions.take_all() {
-        proxy.unsubscribe(kind, &name, client.id);
+        proxy.unsubscribe(kind, &name, client.id, None);
     }
     client.in_refused_multi = false;
+    client.reply_mode = ReplyMode::On;
+    client.replies.silent = false;
     if client.protocol != Protocol::Resp2 {
         client.switch_protocol(Protocol::Resp2);
     }
@@ -2263,8 +2457,9 @@ impl<'a> Target<'a> {
 enum Forward {
     /// A GET miss: it may fill the cache.
     Get,
-    /// Anything else, with what to drop from the cache again on its reply.
-    Other(Option<Box<Rewrites>>),
+    /// Anything else, with what to drop from the cache again on its reply,
+    /// and the channel if it publishes.
+    Other(Option<Box<Rewrites>>, Option<Box<(Kind, Box<[u8]>)>>),
 }
 
 /// Queues a request on the data connection of its client's protocol with a
@@ -2286,10 +2481,10 @@ fn forward(
     }
     let seq = target.replies.reserve();
     let cache_key = request.arg(input, 1).unwrap_or_default();
-    let (ticket, rewrites) = match kind {
-        Forward::Get if proxy.fills_allowed[c] => (proxy.cache.fill_ticket(cache_key), None),
-        Forward::Get => (None, None),
-        Forward::Other(rewrites) => (None, rewrites),
+    let (ticket, rewrites, publish) = match kind {
+        Forward::Get if proxy.fills_allowed[c] => (proxy.cache.fill_ticket(cache_key), None, None),
+        Forward::Get => (None, None, None),
+        Forward::Other(rewrites, publish) => (None, rewrites, publish),
     };
     let entry = DataRequest::Client {
         key: target.key,
@@ -2297,7 +2492,9 @@ fn forward(
         seq,
         fills: ticket.is_some(),
         rewrites,
+        publish,
     };
+    proxy.route(Route::Data(c));
     let data = &mut proxy.data[c];
     data.queue(entry, |out| request.write_wire(input, out));
     if let Some(ticket) = ticket {
@@ -2308,6 +2505,27 @@ fn forward(
         };
         data.queue(fill, |out| resp::command(out, &[&b"PTTL"[..], cache_key]));
     }
+}
+
+/// Queues a command sidecache wrote for a client on the shared connection
+/// of its protocol, its reply going to the client.
+fn forward_command(target: Target<'_>, proxy: &mut Proxy, args: &[&[u8]]) {
+    let data = &mut proxy.data[conn(target.protocol)];
+    if !data.accepts_requests() {
+        target.replies.push(BACKEND_UNAVAILABLE);
+        return;
+    }
+    let entry = DataRequest::Client {
+        key: target.key,
+        id: target.id,
+        seq: target.replies.reserve(),
+        fills: false,
+        rewrites: None,
+        publish: None,
+    };
+    let c = conn(target.protocol);
+    proxy.route(Route::Data(c));
+    proxy.data[c].queue(entry, |out| resp::command(out, args));
 }
 
 /// Hands memory the allocator holds free back to the system. After a burst

@@ -289,13 +289,11 @@ fn each_blocking_command(resp3: bool) {
 }
 
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn each_blocking_command_resp2() {
     each_blocking_command(false);
 }
 
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn each_blocking_command_resp3() {
     each_blocking_command(true);
 }
@@ -303,7 +301,6 @@ fn each_blocking_command_resp3() {
 /// A blocking call that finds data answers at once, like Redis, in both
 /// protocols (BZPOPMIN's score is a double in RESP3).
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn blocking_call_with_data_answers_at_once() {
     let redis = RedisServer::start();
     let sc = Sidecache::start(redis.port(), &[]);
@@ -334,7 +331,6 @@ fn blocking_call_with_data_answers_at_once() {
 /// Redis takes to answer an ordinary request) without failing, and times
 /// out with Redis's nil, not `backend unavailable`.
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn blocking_longer_than_the_backend_timeout() {
     let redis = RedisServer::start();
     let sc = Sidecache::start(redis.port(), &["--timeout", "500ms"]);
@@ -358,7 +354,6 @@ fn blocking_longer_than_the_backend_timeout() {
 /// A client that disconnects in the middle of a BLPOP does not leave a
 /// blocked connection in Redis to swallow a later push.
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn disconnect_while_blocked_does_not_swallow_a_push() {
     let redis = RedisServer::start();
     let sc = Sidecache::start(redis.port(), &[]);
@@ -390,7 +385,6 @@ fn disconnect_while_blocked_does_not_swallow_a_push() {
 // ---------------------------------------------------------------------------
 
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn blocked_client_does_not_slow_the_others() {
     const CLIENTS: usize = 50;
     const PAIRS: usize = 100; // SET + GET: 200 round trips per client
@@ -474,20 +468,17 @@ fn pipelined_behind_a_blocking_call(resp3: bool) {
 }
 
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn pipelined_behind_a_blocking_call_resp2() {
     pipelined_behind_a_blocking_call(false);
 }
 
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn pipelined_behind_a_blocking_call_resp3() {
     pipelined_behind_a_blocking_call(true);
 }
 
 /// Two blocking calls pipelined: the second blocks after the first is woken.
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn two_blocking_calls_pipelined() {
     let redis = RedisServer::start();
     let sc = Sidecache::start(redis.port(), &[]);
@@ -514,7 +505,6 @@ fn two_blocking_calls_pipelined() {
 /// error at once (not a hang), keeps its connection, and can block again
 /// once a pinned connection is free.
 #[test]
-#[ignore = "waits for blocking commands in sidecache"]
 fn max_pinned_refuses_with_an_error() {
     skip_in_direct_mode!();
     let redis = RedisServer::start();

@@ -304,7 +304,6 @@ fn refused() -> Vec<(Vec<&'static str>, &'static str)> {
         v(&["CLIENT", "KILL", "127.0.0.1:1"], "client"),
         v(&["client", "kill", "ID", "1"], "client"),
         v(&["CLIENT", "PAUSE", "100"], "client"),
-        v(&["CLIENT", "REPLY", "OFF"], "client"),
         v(&["CLIENT", "TRACKING", "ON"], "client"),
         v(&["CLIENT", "CACHING", "YES"], "client"),
         v(&["wait", "0", "0"], "wait"),

@@ -169,13 +169,11 @@ fn redis_py_with_protocol_2() {
 // (`Backend::read`), about 0.25 ms per forwarded request without
 // optimisation. `SIDECACHE_BIN=target/release/sidecache` runs them now.
 #[test]
-#[ignore = "too slow through a debug build until Backend::read stops zero-filling 64 KiB per read"]
 fn redis_py_contention_with_default_settings_resp3() {
     scenarios_pass(3, "contention", MIN_CONTENTION_SCENARIOS);
 }
 
 #[test]
-#[ignore = "too slow through a debug build until Backend::read stops zero-filling 64 KiB per read"]
 fn redis_py_contention_with_protocol_2() {
     scenarios_pass(2, "contention", MIN_CONTENTION_SCENARIOS);
 }
