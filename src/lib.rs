@@ -9,6 +9,9 @@
 //!   │                                        │ (fill tickets) ▼               ▼ invalidations
 //!   │                                        └──▶ cache ◀── invalidation connection
 //!   └──────── reply slots, filled in any order, written in request order ◀─┘
+//!
+//!  MULTI / WATCH / blocking call ──▶ a connection pinned to that client ══▶ Redis
+//!  (P|S)SUBSCRIBE ──▶ one shared subscriber connection ══▶ Redis; messages fanned out
 //! ```
 //!
 //! One thread, one `mio::Poll`, no locks. Modules:
@@ -20,6 +23,8 @@
 //! - [`client`]: one client connection: its input, its ordered reply slots, its output.
 //! - [`backend`]: a connection to Redis: connecting, backoff, the in-flight FIFO.
 //! - [`tracking`]: Redis's client tracking as seen on the invalidation connection (pure).
+//! - [`pinned`]: connections pinned to one client for a transaction or a blocking call.
+//! - [`pubsub`]: who listens to what, and the acknowledgements Redis would send (pure).
 //! - [`server`]: the event loop that owns all of the above.
 //! - [`log`]: timestamped log lines on stderr.
 

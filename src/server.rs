@@ -231,7 +231,7 @@ impl Proxy {
         if !self.data[0].accepts_requests() {
             return Err("ERR backend unavailable".into());
         }
-        let p = match self.pool.pop() {
+        let p = match self.pooled(now) {
             Some(p) => p,
             None => {
                 if self.pinned.len() >= self.max_pinned {
@@ -274,6 +274,23 @@ impl Proxy {
             .iter()
             .find(|(_, p)| p.owner.is_some_and(|o| o.id == id) && p.backend.in_flight() > 0)
             .and_then(|(_, p)| p.redis_id)
+    }
+
+    /// A pooled connection still open: one that Redis closed while it
+    /// sat idle (its `timeout`, a CLIENT KILL) shows it by being readable.
+    fn pooled(&mut self, now: Instant) -> Option<usize> {
+        while let Some(p) = self.pool.pop() {
+            let backend = &mut self.pinned[p].backend;
+            match backend.read() {
+                Ok(false) if backend.is_ready() => return Some(p),
+                // Gone, or bytes nobody asked for: not to be trusted.
+                _ => {
+                    backend.turn_off(&self.registry, now);
+                    self.pinned.remove(p);
+                }
+            }
+        }
+        None
     }
 
     /// Makes Redis speak `protocol` on pinned connection `p` from its next request on.
@@ -1727,7 +1744,14 @@ impl Server {
         if self.proxy.pubsub.is_ready() {
             log!("lost the pub/sub connection to Redis: {why}; closing subscribed clients");
         }
-        self.proxy.pubsub.turn_off(self.poll.registry(), now);
+        let in_flight = self.proxy.pubsub.turn_off(self.poll.registry(), now);
+        // With the connection gone, Redis delivers nothing more: an
+        // unsubscription waiting for its answer is done.
+        for request in in_flight {
+            if let PubsubRequest::Unsubscribe(Some(w)) = request {
+                self.fill_slot(w.key, w.id, w.seq, &w.ack);
+            }
+        }
         for waiter in self.proxy.channels.clear() {
             self.fill_slot(waiter.key, waiter.id, waiter.seq, BACKEND_UNAVAILABLE);
         }
@@ -1842,7 +1866,11 @@ impl Server {
             .clients
             .iter()
             .filter(|(_, c)| {
+                // As in Redis, subscribers and clients in a transaction
+                // or a blocking call are not idle.
                 c.phase == Phase::Open
+                    && c.pinned.is_none()
+                    && !c.subscriptions.any()
                     && c.replies.owed() == 0
                     && c.replies.unsent() == 0
                     && now.saturating_duration_since(c.last_activity) >= idle
