@@ -550,6 +550,282 @@ def watch_touched_and_untouched(ctx):
     eq(r.ping(), True)
 
 
+def pubsub_msg(type_, channel, data, pattern=None):
+    """A message as redis-py's PubSub.get_message() returns it."""
+    return {"type": type_, "pattern": pattern, "channel": channel, "data": data}
+
+
+def next_message(p, what, timeout=2.0):
+    """The next message get_message() returns (None, for a message it ignored or
+    gave to a handler, does not count), failing after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise AssertionError("no pub/sub message within {}s, expected {}".format(timeout, what))
+        message = p.get_message(timeout=left)
+        if message is not None:
+            return message
+
+
+def expect_messages(p, wants):
+    for i, want in enumerate(wants):
+        eq(next_message(p, want), want, "pub/sub message {} of {}".format(i + 1, len(wants)))
+
+
+def expect_no_message(p, wait=0.2):
+    eq(p.get_message(timeout=wait), None, "a pub/sub message where none was due")
+
+
+@scenario()
+def pubsub_subscribe_publish_unsubscribe(ctx):
+    r, pub = ctx.client(), ctx.client()
+    ch1, ch2 = ctx.key("ch1").encode(), ctx.key("ch2").encode()
+    base = ctx.key("pat").encode()
+    pat, px, py, both = base + b".*", base + b".x", base + b".y", base + b".both"
+    p = r.pubsub()
+    p.subscribe(ch1, ch2)
+    p.psubscribe(pat)
+    expect_messages(
+        p,
+        [
+            pubsub_msg("subscribe", ch1, 1),
+            pubsub_msg("subscribe", ch2, 2),
+            pubsub_msg("psubscribe", pat, 3),
+        ],
+    )
+    expect_no_message(p)
+    # Publishers through sidecache and to Redis itself, in one order.
+    eq(pub.publish(ch1, "a"), 1, "PUBLISH through the client")
+    eq(pub.publish(px, "b"), 1, "PUBLISH matching the pattern")
+    eq(ctx.direct.publish(ch2, "c"), 1, "PUBLISH to Redis itself")
+    eq(ctx.direct.publish(py, "d"), 1, "PUBLISH to Redis itself matching the pattern")
+    wants = [
+        pubsub_msg("message", ch1, b"a"),
+        pubsub_msg("pmessage", px, b"b", pat),
+        pubsub_msg("message", ch2, b"c"),
+        pubsub_msg("pmessage", py, b"d", pat),
+    ]
+    for i in range(40):
+        publisher = pub if i % 3 else ctx.direct
+        channel = (ch1, ch2, px, py)[i % 4]
+        eq(publisher.publish(channel, str(i)), 1, "PUBLISH {}".format(i))
+        wants.append(
+            pubsub_msg("pmessage", channel, str(i).encode(), pat)
+            if channel in (px, py)
+            else pubsub_msg("message", channel, str(i).encode())
+        )
+    expect_messages(p, wants)
+    # A channel that is subscribed and matches the pattern: two messages.
+    p.subscribe(both)
+    expect_messages(p, [pubsub_msg("subscribe", both, 4)])
+    eq(pub.publish(both, "e"), 2, "PUBLISH to a channel subscribed and matching the pattern")
+    expect_messages(p, [pubsub_msg("message", both, b"e"), pubsub_msg("pmessage", both, b"e", pat)])
+    # A second subscriber of ch2.
+    q = ctx.client().pubsub()
+    q.subscribe(ch2)
+    expect_messages(q, [pubsub_msg("subscribe", ch2, 1)])
+    eq(pub.publish(ch2, "f"), 2, "PUBLISH to a channel with two subscribers")
+    expect_messages(p, [pubsub_msg("message", ch2, b"f")])
+    expect_messages(q, [pubsub_msg("message", ch2, b"f")])
+    q.unsubscribe(ch2)
+    expect_messages(q, [pubsub_msg("unsubscribe", ch2, 0)])
+    q.close()
+    # Unsubscribed from ch1: a PUBLISH to it reaches no one.
+    p.unsubscribe(ch1)
+    expect_messages(p, [pubsub_msg("unsubscribe", ch1, 3)])
+    eq(pub.publish(ch1, "lost"), 0, "PUBLISH to an unsubscribed channel")
+    eq(ctx.direct.publish(ch1, "lost"), 0, "PUBLISH to Redis to an unsubscribed channel")
+    eq(pub.publish(ch2, "kept"), 1)
+    expect_messages(p, [pubsub_msg("message", ch2, b"kept")])
+    p.punsubscribe()
+    expect_messages(p, [pubsub_msg("punsubscribe", pat, 2)])
+    eq(pub.publish(px, "lost"), 0, "PUBLISH matching an unsubscribed pattern")
+    eq(pub.publish(both, "g"), 1)
+    expect_messages(p, [pubsub_msg("message", both, b"g")])
+    # UNSUBSCRIBE without channels: one acknowledgement each, in no set order.
+    p.unsubscribe()
+    last = [next_message(p, "unsubscribe"), next_message(p, "unsubscribe")]
+    eq([m["type"] for m in last], ["unsubscribe", "unsubscribe"])
+    eq(sorted(m["channel"] for m in last), sorted([ch2, both]), "unsubscribed channels")
+    eq([m["data"] for m in last], [1, 0], "subscription counts")
+    expect_no_message(p)
+    p.close()
+    # Redis (and sidecache) may take a moment to see the connection close.
+    deadline = time.monotonic() + 1.0
+    while pub.publish(ch2, "nobody") != 0:
+        if time.monotonic() > deadline:
+            raise AssertionError("PUBLISH still reaches a subscriber 1 s after it closed")
+        time.sleep(0.01)
+
+
+@scenario()
+def pubsub_ignore_subscribe_messages_and_handlers(ctx):
+    r, pub = ctx.client(), ctx.client()
+    ch = ctx.key("ignored").encode()
+    p = r.pubsub(ignore_subscribe_messages=True)
+    p.subscribe(ch)
+    # A PING's pong is never ignored: it comes after the (ignored) acknowledgement.
+    p.ping("ready")
+    expect_messages(p, [pubsub_msg("pong", None, b"ready")])
+    eq(pub.publish(ch, "x"), 1)
+    eq(ctx.direct.publish(ch, "y"), 1)
+    expect_messages(p, [pubsub_msg("message", ch, b"x"), pubsub_msg("message", ch, b"y")])
+    p.unsubscribe()
+    expect_no_message(p)
+    p.close()
+
+    # Handlers: get_message() calls them and returns None.
+    hch = ctx.key("handled").encode()
+    hbase = ctx.key("hpat").encode()
+    hpat, hpx = hbase + b".*", hbase + b".x"
+    got = []
+    p = r.pubsub()
+    p.subscribe(**{hch.decode(): got.append})
+    p.psubscribe(**{hpat.decode(): got.append})
+    expect_messages(p, [pubsub_msg("subscribe", hch, 1), pubsub_msg("psubscribe", hpat, 2)])
+    eq(pub.publish(hch, "h1"), 1)
+    eq(ctx.direct.publish(hpx, "h2"), 1)
+    eq(pub.publish(hch, "h3"), 1)
+    deadline = time.monotonic() + 2.0
+    while len(got) < 3 and time.monotonic() < deadline:
+        eq(p.get_message(timeout=0.2), None, "get_message() with a handler")
+    eq(
+        got,
+        [
+            pubsub_msg("message", hch, b"h1"),
+            pubsub_msg("pmessage", hpx, b"h2", hpat),
+            pubsub_msg("message", hch, b"h3"),
+        ],
+        "messages given to the handlers",
+    )
+    p.close()
+
+    # run_in_thread: a thread calls the handler for each message.
+    tch = ctx.key("threaded").encode()
+    collected = []
+    p = r.pubsub()
+    p.subscribe(**{tch.decode(): collected.append})
+    expect_messages(p, [pubsub_msg("subscribe", tch, 1)])
+    thread = p.run_in_thread(sleep_time=0.01, daemon=True)
+    try:
+        for i in range(100):
+            eq((pub if i % 2 else ctx.direct).publish(tch, str(i)), 1, "PUBLISH {}".format(i))
+        deadline = time.monotonic() + 5.0
+        while len(collected) < 100 and time.monotonic() < deadline and thread.is_alive():
+            time.sleep(0.01)
+    finally:
+        thread.stop()
+        thread.join(2.0)
+    eq(thread.is_alive(), False, "the pub/sub thread still running after stop()")
+    eq(
+        collected,
+        [pubsub_msg("message", tch, str(i).encode()) for i in range(100)],
+        "messages the thread's handler collected",
+    )
+
+
+@scenario()
+def pubsub_ping_and_commands_while_subscribed(ctx):
+    r, pub = ctx.client(), ctx.client()
+    k = ctx.key("value")
+    eq(r.set(k, "v"), True)
+    eq(r.get(k), b"v")  # cached through sidecache
+    ch = ctx.key("pinged").encode()
+    p = r.pubsub()
+    p.subscribe(ch)
+    expect_messages(p, [pubsub_msg("subscribe", ch, 1)])
+    p.ping()
+    expect_messages(p, [pubsub_msg("pong", None, b"")])
+    p.ping("hello")
+    expect_messages(p, [pubsub_msg("pong", None, b"hello")])
+    eq(pub.publish(ch, "m1"), 1)
+    expect_messages(p, [pubsub_msg("message", ch, b"m1")])
+    p.ping("after m1")
+    expect_messages(p, [pubsub_msg("pong", None, b"after m1")])
+    if ctx.args.protocol == 3:
+        # RESP3 allows any command while subscribed. redis-py's PubSub sends it
+        # and hands its reply to get_message(), which calls any bulk reply a pong.
+        p.execute_command("GET", k)
+        expect_messages(p, [pubsub_msg("pong", None, b"v")])
+        eq(pub.publish(ch, "m2"), 1)
+        expect_messages(p, [pubsub_msg("message", ch, b"m2")])
+        p.execute_command("GET", k)
+        expect_messages(p, [pubsub_msg("pong", None, b"v")])
+        p.execute_command("SET", k, "w")
+        expect_messages(p, [pubsub_msg("pong", None, b"OK")])
+        eq(ctx.direct.get(k), b"w")
+        p.execute_command("GET", k)
+        expect_messages(p, [pubsub_msg("pong", None, b"w")])
+        eq(r.get(k), b"w", "another connection's GET after the subscribed client's SET")
+        eq(pub.publish(ch, "m3"), 1)
+        expect_messages(p, [pubsub_msg("message", ch, b"m3")])
+    p.unsubscribe(ch)
+    expect_messages(p, [pubsub_msg("unsubscribe", ch, 0)])
+    p.close()
+    eq(r.get(k), b"w" if ctx.args.protocol == 3 else b"v")
+
+
+@scenario()
+def blpop_worker(ctx):
+    worker_r, producer, other = ctx.client(), ctx.client(), ctx.client()
+    jobs, k = ctx.key("jobs"), ctx.key("meanwhile")
+    n_jobs = 50
+    got, errors, timeouts = [], [], [0]
+
+    def worker():
+        try:
+            while len(got) < n_jobs:
+                item = worker_r.blpop(jobs, timeout=2)
+                if item is None:
+                    timeouts[0] += 1
+                    if timeouts[0] > 2:
+                        raise AssertionError("BLPOP timed out 3 times with {} jobs".format(len(got)))
+                    continue
+                got.append(item)
+        except Exception as e:  # noqa: BLE001 - reported by the scenario
+            errors.append("{}: {}".format(type(e).__name__, e))
+
+    thread = threading.Thread(target=worker, daemon=True)
+    thread.start()
+    # Wait until Redis has a client blocked in BLPOP: the worker (or its pinned connection).
+    deadline = time.monotonic() + 2.0
+    while not any(c["cmd"] == "blpop" and "b" in c["flags"] for c in ctx.direct.client_list()):
+        if time.monotonic() > deadline:
+            raise AssertionError("no client blocked in BLPOP in Redis's CLIENT LIST after 2s")
+        time.sleep(0.01)
+    # Other clients are served while the worker blocks (its BLPOP waits up to 2 s).
+    started = time.monotonic()
+    for i in range(20):
+        eq(other.set(k, i), True)
+        eq(other.get(k), str(i).encode())
+        eq(other.get(k), str(i).encode(), "second GET")
+    took = time.monotonic() - started
+    if took > 1.0:
+        raise AssertionError("60 commands of another client took {:.2f}s while a BLPOP blocked".format(took))
+    eq(got, [], "jobs before any was pushed")
+    for i in range(n_jobs):
+        length = producer.rpush(jobs, "job-{}".format(i))
+        if not (isinstance(length, int) and 1 <= length <= i + 1):
+            raise AssertionError("RPUSH of job {} replied {!r}".format(i, length))
+        if i % 10 == 0:
+            eq(other.set(k, "during-{}".format(i)), True)
+            eq(other.get(k), "during-{}".format(i).encode())
+    thread.join(5.0)
+    eq(thread.is_alive(), False, "worker still running after 5 s")
+    eq(errors, [], "worker errors")
+    eq(got, [(jobs.encode(), "job-{}".format(i).encode()) for i in range(n_jobs)], "jobs the worker got")
+    eq(ctx.direct.llen(jobs), 0, "jobs left")
+    started = time.monotonic()
+    eq(worker_r.blpop(jobs, timeout=1), None, "BLPOP on an empty list timing out")
+    took = time.monotonic() - started
+    if not 0.9 <= took < 3.0:
+        raise AssertionError("BLPOP with timeout 1 returned after {:.2f}s".format(took))
+    eq(other.get(k), "during-{}".format(n_jobs - 10).encode())
+    if timeouts[0]:
+        print("    ({} BLPOP timeouts in the worker)".format(timeouts[0]))
+
+
 @scenario(group="contention")
 def watch_retry_counter(ctx):
     """20 threads, each with its own client, add 1 to a counter 50 times by
