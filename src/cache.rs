@@ -200,6 +200,17 @@ impl Cache {
         Some(ticket)
     }
 
+    /// Whether a GET sent with `ticket` may still fill the cache: no write,
+    /// invalidation or flush of `key` came since. A GET arriving now may
+    /// then share that GET's reply rather than send its own.
+    pub fn fill_is_valid(&self, key: &[u8], ticket: FillTicket) -> bool {
+        ticket.0 >= self.valid_from
+            && self
+                .fills
+                .get(key)
+                .is_some_and(|pending| ticket.0 >= pending.valid_from)
+    }
+
     /// Gives back the ticket of a GET whose reply arrived, storing `reply`
     /// if the ticket is still valid. `key_expires_at` is when the key
     /// expires in Redis, if it does. Returns whether it was stored.
@@ -327,6 +338,20 @@ mod tests {
         cache
             .get(key.as_bytes(), now)
             .map(|r| String::from_utf8(r.to_vec()).unwrap())
+    }
+
+    #[test]
+    fn a_fill_stays_shareable_until_its_key_changes() {
+        let mut cache = serving(10, None);
+        let ticket = cache.fill_ticket(b"k").unwrap();
+        assert!(cache.fill_is_valid(b"k", ticket));
+        assert!(!cache.fill_is_valid(b"other", ticket));
+        cache.invalidate(b"k");
+        assert!(!cache.fill_is_valid(b"k", ticket));
+        let again = cache.fill_ticket(b"k").unwrap();
+        assert!(cache.fill_is_valid(b"k", again));
+        cache.clear();
+        assert!(!cache.fill_is_valid(b"k", again));
     }
 
     #[test]

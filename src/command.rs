@@ -234,7 +234,18 @@ fn client<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
         return wrong_arity("client");
     }
     let sub = arg(1).to_ascii_uppercase();
-    if sub == b"UNBLOCK" && (argc == 3 || argc == 4) {
+    match sub.as_slice() {
+        b"REPLY" if argc != 3 => return wrong_arity("client|reply"),
+        b"UNBLOCK" if argc < 3 => return wrong_arity("client|unblock"),
+        b"UNBLOCK" if argc > 4 => {
+            return Action::Error(format!(
+                "ERR unknown subcommand or wrong number of arguments for '{}'. Try CLIENT HELP.",
+                String::from_utf8_lossy(arg(1))
+            ))
+        }
+        _ => {}
+    }
+    if sub == b"UNBLOCK" {
         // Ids are sidecache's, and a blocked client's call runs on its own
         // connection to Redis: the server unblocks that one.
         let reason_ok = argc == 3
@@ -382,6 +393,18 @@ mod tests {
             Action::ClientReply(ReplyMode::SkipNext)
         );
         assert_eq!(error_of("CLIENT REPLY maybe"), "ERR syntax error");
+        assert_eq!(
+            error_of("CLIENT REPLY ON OFF"),
+            "ERR wrong number of arguments for 'client|reply' command"
+        );
+        assert_eq!(
+            error_of("CLIENT UNBLOCK"),
+            "ERR wrong number of arguments for 'client|unblock' command"
+        );
+        assert_eq!(
+            error_of("CLIENT unblock 1 ERROR x"),
+            "ERR unknown subcommand or wrong number of arguments for 'unblock'. Try CLIENT HELP."
+        );
         assert_eq!(of("client unblock 7 error"), Action::ClientUnblock);
         assert_eq!(
             error_of("CLIENT UNBLOCK 7 never"),

@@ -40,6 +40,7 @@ use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
+use std::collections::HashMap;
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -135,6 +136,11 @@ enum PubsubRequest {
     /// With the acknowledgement held until Redis stopped delivering the
     /// channel, so that a PUBLISH after it is not counted for sidecache.
     Unsubscribe(Option<Box<Waiter>>),
+    /// A PING whose answer comes after every message Redis queued for
+    /// sidecache before it: the reply to a PUBLISH waits for it, so the
+    /// messages reach sidecache's subscribers before the publisher hears
+    /// back, as they would from Redis.
+    Barrier(Box<Waiter>),
 }
 
 /// sidecache's own requests on the invalidation connection.
@@ -192,6 +198,21 @@ struct Proxy {
     /// Where requests were last queued this turn: every other connection
     /// has been written out since.
     last_route: Option<Route>,
+    /// Per data connection: GET misses in flight that later GETs of the
+    /// same key share, by key, oldest first.
+    coalesced: [HashMap<Box<[u8]>, Vec<Coalesced>>; 2],
+}
+
+/// A GET miss in flight and the GETs of the same key that arrived while it
+/// was: they get its reply rather than each sending their own (a stampede
+/// on a cold key costs Redis one GET). A GET joins only while the first
+/// one's fill ticket is valid, that is while no write, invalidation or
+/// flush of the key came since it was sent: exactly when the reply may
+/// still be cached, and served to them from the cache a moment later.
+struct Coalesced {
+    ticket: FillTicket,
+    /// Reply slots of the GETs that joined: client slab key, id, slot.
+    waiters: Vec<(usize, u64, u64)>,
 }
 
 impl Proxy {
@@ -383,7 +404,7 @@ pub struct Server {
     tracking: Tracking,
     /// Per data connection: the GET reply of a fill, kept until its PTTL
     /// answers; `None` inside when the GET's reply was not a value.
-    fill_reply: [Option<Option<Box<[u8]>>>; 2],
+    fill_reply: [Option<Box<[u8]>>; 2],
     next_client_id: u64,
     /// Clients with new output, written at the end of the turn.
     to_flush: Vec<usize>,
@@ -481,6 +502,7 @@ impl Server {
                 redis: config.redis,
                 timeout,
                 last_route: None,
+                coalesced: [HashMap::new(), HashMap::new()],
             },
             invalidation,
             tracking: Tracking {
@@ -539,6 +561,12 @@ impl Server {
             if events.iter().any(|e| e.token() == INVALIDATION) {
                 self.invalidation_ready();
             }
+            // Then pub/sub messages: Redis queued one for a subscriber
+            // before it answered the PUBLISH, and a reply to the
+            // subscriber's next command must not overtake it.
+            if let Some(e) = events.iter().find(|e| e.token() == PUBSUB) {
+                self.pubsub_ready(e.is_readable(), e.is_writable());
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
@@ -550,7 +578,7 @@ impl Server {
                     }
                     INVALIDATION => {}
                     SIGNALS => self.signalled(),
-                    PUBSUB => self.pubsub_ready(event.is_readable(), event.is_writable()),
+                    PUBSUB => {}
                     Token(token) if token >= FIRST_PINNED => self.pinned_ready(
                         token - FIRST_PINNED,
                         event.is_readable(),
@@ -748,10 +776,17 @@ impl Server {
 
     /// Parses and acts on every complete request in the client's input.
     fn handle_requests(&mut self, key: usize) {
+        let now = Instant::now();
+        // A subscriber's messages already sent by Redis go out before the
+        // replies to what it asks now, as they would from Redis itself.
+        if self.clients.get(key).is_some_and(|c| c.subscriptions.any())
+            && self.proxy.pubsub.is_ready()
+        {
+            self.read_pubsub(now);
+        }
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
-        let now = Instant::now();
         let mut replied = false;
         while client.can_take_more() {
             match client.input.next_request() {
@@ -1008,7 +1043,7 @@ impl Server {
                 publish,
             } => {
                 if fills {
-                    self.fill_reply[c] = Some(cacheable_value(reply));
+                    self.fill_reply[c] = Some(Box::from(reply));
                 }
                 if let Some(rewrites) = rewrites {
                     rewrites.apply(&mut self.proxy.cache);
@@ -1021,6 +1056,23 @@ impl Server {
                         let (ours, clients) = self.proxy.channels.receivers(*kind, channel);
                         let n = (n as usize).saturating_sub(ours) + clients;
                         resp::integer(&mut counted, n as i64);
+                        if ours > 0 && self.proxy.pubsub.is_ready() {
+                            // Redis queued the messages for sidecache before
+                            // it answered, but may write them after.
+                            let waiter = Waiter {
+                                key,
+                                id,
+                                seq,
+                                ack: counted,
+                            };
+                            self.proxy.route(Route::Pubsub);
+                            self.proxy
+                                .pubsub
+                                .queue(PubsubRequest::Barrier(Box::new(waiter)), |out| {
+                                    resp::command(out, &["PING"])
+                                });
+                            return;
+                        }
                         reply = &counted;
                     }
                 }
@@ -1038,12 +1090,21 @@ impl Server {
                 ticket,
                 sent_at,
             } => {
-                let value = self.fill_reply[c].take().flatten();
+                let get_reply = self.fill_reply[c].take();
+                let value = get_reply.as_deref().and_then(cacheable_value);
                 let pttl = resp::parse_value(reply).ok().and_then(|v| v.as_integer());
                 let (value, expires_at) = fill_expiry(value.as_deref(), pttl, sent_at);
                 self.proxy
                     .cache
                     .complete_fill(&key, ticket, value, expires_at, now);
+                // The GETs that joined get the reply now, after the cache
+                // was filled, so a GET arriving meanwhile joined rather than
+                // asking Redis again.
+                let waiters = self.take_coalesced(c, &key, ticket);
+                let get_reply = get_reply.as_deref().unwrap_or(BACKEND_UNAVAILABLE);
+                for (key, id, seq) in waiters {
+                    self.fill_slot(key, id, seq, get_reply);
+                }
             }
             DataRequest::Hello => {
                 if reply.first() == Some(&b'-') {
@@ -1122,14 +1183,34 @@ impl Server {
         }
         for request in failed {
             if let DataRequest::Client { key, id, seq, .. } = request {
-                if let Some(client) = self.clients.get_mut(key) {
-                    if client.id == id && client.phase != Phase::Closed {
-                        client.replies.fill(seq, BACKEND_UNAVAILABLE);
-                        self.queue_flush(key);
-                    }
-                }
+                self.fill_slot(key, id, seq, BACKEND_UNAVAILABLE);
             }
         }
+        let coalesced = std::mem::take(&mut self.proxy.coalesced[c]);
+        for waiter in coalesced.into_values().flatten().flat_map(|co| co.waiters) {
+            let (key, id, seq) = waiter;
+            self.fill_slot(key, id, seq, BACKEND_UNAVAILABLE);
+        }
+    }
+
+    /// The GETs that joined the GET miss of `key` sent with `ticket`.
+    fn take_coalesced(
+        &mut self,
+        c: usize,
+        key: &[u8],
+        ticket: FillTicket,
+    ) -> Vec<(usize, u64, u64)> {
+        let Some(pending) = self.proxy.coalesced[c].get_mut(key) else {
+            return Vec::new();
+        };
+        let waiters = match pending.iter().position(|co| co.ticket == ticket) {
+            Some(i) => pending.remove(i).waiters,
+            None => Vec::new(),
+        };
+        if pending.is_empty() {
+            self.proxy.coalesced[c].remove(key);
+        }
+        waiters
     }
 
     /// Logs the first failure in a row, then one in 30 (about one a minute at the backoff cap).
@@ -1673,7 +1754,7 @@ impl Server {
     fn pubsub_reply(&mut self, request: PubsubRequest, reply: &Value) {
         let (kind, name) = match request {
             PubsubRequest::Subscribe { kind, name } => (kind, name),
-            PubsubRequest::Unsubscribe(Some(waiter)) => {
+            PubsubRequest::Unsubscribe(Some(waiter)) | PubsubRequest::Barrier(waiter) => {
                 self.fill_slot(waiter.key, waiter.id, waiter.seq, &waiter.ack);
                 return;
             }
@@ -1748,7 +1829,7 @@ impl Server {
         // With the connection gone, Redis delivers nothing more: an
         // unsubscription waiting for its answer is done.
         for request in in_flight {
-            if let PubsubRequest::Unsubscribe(Some(w)) = request {
+            if let PubsubRequest::Unsubscribe(Some(w)) | PubsubRequest::Barrier(w) = request {
                 self.fill_slot(w.key, w.id, w.seq, &w.ack);
             }
         }
@@ -2038,6 +2119,16 @@ fn execute_request(
                 } else {
                     client.replies.push_shared(hit);
                 }
+                return Executed::Done;
+            }
+            let c = conn(protocol);
+            let joinable = proxy.coalesced[c]
+                .get_mut(arg(1))
+                .and_then(|pending| pending.last_mut())
+                .filter(|last| proxy.cache.fill_is_valid(arg(1), last.ticket));
+            if let Some(last) = joinable {
+                last.waiters
+                    .push((key, client.id, client.replies.reserve()));
                 return Executed::Done;
             }
             let target = Target::new(&mut client.replies, key, client.id, protocol);
@@ -2455,8 +2546,12 @@ fn reset(client: &mut Client, proxy: &mut Proxy) {
         proxy.unsubscribe(kind, &name, client.id, None);
     }
     client.in_refused_multi = false;
+    // RESET turns CLIENT REPLY OFF back on, and answers; a SKIP already
+    // under way still swallows its answer, as in Redis.
+    if client.reply_mode == ReplyMode::Off {
+        client.replies.silent = false;
+    }
     client.reply_mode = ReplyMode::On;
-    client.replies.silent = false;
     if client.protocol != Protocol::Resp2 {
         client.switch_protocol(Protocol::Resp2);
     }
@@ -2526,6 +2621,17 @@ fn forward(
     let data = &mut proxy.data[c];
     data.queue(entry, |out| request.write_wire(input, out));
     if let Some(ticket) = ticket {
+        let coalesced = Coalesced {
+            ticket,
+            waiters: Vec::new(),
+        };
+        match proxy.coalesced[c].get_mut(cache_key) {
+            Some(pending) => pending.push(coalesced),
+            None => {
+                proxy.coalesced[c].insert(Box::from(cache_key), vec![coalesced]);
+            }
+        }
+        let data = &mut proxy.data[c];
         let fill = DataRequest::Fill {
             key: Box::from(cache_key),
             ticket,

@@ -1040,7 +1040,6 @@ fn client_reply_with_subscriptions_same_bytes_as_redis() {
 /// `CLIENT REPLY` and `CLIENT UNBLOCK` with the wrong number of arguments:
 /// Redis counts arguments first.
 #[test]
-#[ignore = "bug: CLIENT REPLY / CLIENT UNBLOCK with a wrong argument count are refused as unsupported instead of Redis's arity error"]
 fn client_reply_and_unblock_arity_errors_as_redis() {
     differential(&[
         Script {
@@ -1300,7 +1299,6 @@ fn reset_same_bytes_as_redis() {
 /// Redis 7.0 leaves a skipped RESET unanswered (RESET clears OFF and a
 /// pending SKIP, not the skip of the RESET itself).
 #[test]
-#[ignore = "bug: CLIENT REPLY SKIP then RESET: sidecache answers +RESET, Redis sends nothing"]
 fn a_skipped_reset_is_not_answered() {
     differential(&[Script {
         name: "skip, then RESET",

@@ -26,7 +26,7 @@ use std::time::Duration;
 /// a hang of the script itself.
 const RUN_TIMEOUT: Duration = Duration::from_secs(90);
 /// The script has at least this many `core` scenarios, and runs them all through sidecache.
-const MIN_SCENARIOS: u32 = 27;
+const MIN_SCENARIOS: u32 = 28;
 /// The same for the `contention` group.
 const MIN_CONTENTION_SCENARIOS: u32 = 1;
 

@@ -726,6 +726,34 @@ def pubsub_ignore_subscribe_messages_and_handlers(ctx):
 
 
 @scenario()
+def pubsub_message_before_a_later_reply(ctx):
+    # Redis queues a message for its subscribers before it answers the
+    # PUBLISH, so a command the subscriber sends after the publisher heard
+    # back is answered after the message.
+    r, pub = ctx.client(), ctx.client()
+    k = ctx.key("value")
+    eq(r.set(k, "v"), True)
+    eq(r.get(k), b"v")
+    ch = ctx.key("ordered").encode()
+    p = r.pubsub()
+    p.subscribe(ch)
+    expect_messages(p, [pubsub_msg("subscribe", ch, 1)])
+    for i in range(300):
+        eq(pub.publish(ch, str(i)), 1)
+        if ctx.args.protocol == 3 and i % 2:
+            p.execute_command("GET", k)
+            reply = b"v"
+        else:
+            p.ping(str(i))
+            reply = str(i).encode()
+        expect_messages(
+            p,
+            [pubsub_msg("message", ch, str(i).encode()), pubsub_msg("pong", None, reply)],
+        )
+    p.close()
+
+
+@scenario()
 def pubsub_ping_and_commands_while_subscribed(ctx):
     r, pub = ctx.client(), ctx.client()
     k = ctx.key("value")
