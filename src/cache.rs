@@ -11,40 +11,70 @@
 //! cache coherent (`serving` is off), nothing is served or stored.
 //!
 //! Pure: the clock comes in as an argument, so tests need no sleeps. Entries
-//! hold the reply exactly as Redis sent it, shared, so a hit is a copy into
-//! a client's output and never a re-encode.
+//! hold the reply exactly as Redis sent it, so a hit is a copy into a
+//! client's output and never a re-encode.
 
-use hashlink::LruCache;
+use crate::lru::Lru;
 use std::collections::HashMap;
-use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 /// Permission to store the reply of one GET, taken when it was sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FillTicket(u64);
 
-struct Entry {
-    reply: Rc<[u8]>,
-    expires_at: Option<Instant>,
+/// What one entry costs beyond its key and reply bytes: its 40-byte node,
+/// its slot in the hash table (4 bytes, at most 8/7 slots per entry), and
+/// the allocator's bookkeeping and rounding for its one allocation.
+pub const ENTRY_OVERHEAD: usize = 64;
+
+/// An entry's expiry as the LRU map stores it: milliseconds after the
+/// cache's epoch, rounded down (an entry may expire a little early, never
+/// late); `NEVER` when it does not expire.
+const NEVER: u64 = u64::MAX;
+
+fn entry_size(key_len: usize, stored_len: usize) -> usize {
+    key_len + stored_len + ENTRY_OVERHEAD
 }
 
-/// What one entry costs beyond its key and reply bytes: the hash table
-/// slot, the linked-list node holding the boxed key and the entry, the
-/// `Rc` header, and the allocator's bookkeeping for the three allocations.
-pub const ENTRY_OVERHEAD: usize = 128;
-
-fn entry_size(key: &[u8], reply: &[u8]) -> usize {
-    key.len() + reply.len() + ENTRY_OVERHEAD
+/// A cached GET reply as served.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Hit<'a> {
+    /// A bulk string's value, without its `$<len>` header and final CRLF.
+    Value(&'a [u8]),
+    /// The key did not exist.
+    Nil,
 }
 
-/// The length of the value in a bulk reply (`$<len>\r\n<value>\r\n`):
-/// the reply without its header line and final CRLF.
-fn value_len(reply: &[u8]) -> usize {
-    let header = reply
-        .windows(2)
-        .position(|w| w == b"\r\n")
-        .map_or(0, |end| end + 2);
-    reply.len().saturating_sub(header + 2)
+/// Tags of stored replies: a byte before the value, which costs nothing
+/// where the allocator rounds up anyway and saves the RESP framing.
+const TAG_VALUE: u8 = b'$';
+const TAG_NIL: u8 = b'_';
+
+/// A GET reply as stored: its tag and value, or `None` when it is not a
+/// bulk string or a nil (RESP2's `$-1` or RESP3's `_`).
+fn stored_form(reply: &[u8]) -> Option<(u8, &[u8])> {
+    if reply == b"$-1\r\n" || reply == b"_\r\n" {
+        return Some((TAG_NIL, &[]));
+    }
+    let rest = reply.strip_prefix(b"$")?;
+    let header_end = rest.windows(2).position(|w| w == b"\r\n")?;
+    let len: usize = std::str::from_utf8(&rest[..header_end])
+        .ok()?
+        .parse()
+        .ok()?;
+    let value = rest.get(header_end + 2..)?.strip_suffix(b"\r\n")?;
+    (value.len() == len).then_some((TAG_VALUE, value))
+}
+
+/// Pending fills kept room for once none is in flight.
+const KEEP_IDLE_FILLS: usize = 1024;
+
+/// How many entries the limits allow, to reserve address space for.
+fn expected_entries(limits: &Limits) -> usize {
+    limits
+        .capacity
+        .min(limits.max_memory / ENTRY_OVERHEAD)
+        .min(1 << 24)
 }
 
 /// GETs of one key in flight with a ticket. Kept only while some are, so
@@ -105,7 +135,9 @@ pub struct Cache {
     /// `None` when caching is off (`--capacity 0`). Unbounded by count in
     /// hashlink: the count and byte limits are enforced here, so that every
     /// eviction is seen and accounted.
-    entries: Option<LruCache<Box<[u8]>, Entry>>,
+    entries: Option<Lru>,
+    /// What entry expiries are counted from.
+    epoch: Instant,
     limits: Limits,
     /// Bytes held: keys, replies and `ENTRY_OVERHEAD` per entry.
     used: usize,
@@ -120,7 +152,8 @@ impl Cache {
     /// An empty cache within `limits`. It starts not serving.
     pub fn new(limits: Limits) -> Self {
         Cache {
-            entries: (limits.capacity > 0).then(LruCache::new_unbounded),
+            entries: (limits.capacity > 0).then(|| Lru::with_capacity(expected_entries(&limits))),
+            epoch: Instant::now(),
             limits,
             used: 0,
             serving: false,
@@ -162,18 +195,28 @@ impl Cache {
 
     /// The cached reply for `key`, marking it most recently used. An entry
     /// past its expiry is removed and reported as a miss.
-    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<Rc<[u8]>> {
+    pub fn get(&mut self, key: &[u8], now: Instant) -> Option<Hit<'_>> {
         if !self.serving {
             return None;
         }
+        let now_ms = self.millis(now);
         let entries = self.entries.as_mut()?;
-        let entry = entries.get(key)?;
-        if entry.expires_at.is_none_or(|at| now < at) {
-            Some(Rc::clone(&entry.reply))
-        } else {
+        let expired = now_ms >= entries.get(key)?.stamp;
+        if expired {
             self.remove(key);
-            None
+            return None;
         }
+        // Found and not expired above; `get` again only to return the borrow.
+        let stored = self.entries.as_mut()?.get(key)?.value;
+        match stored.split_first() {
+            Some((&TAG_VALUE, value)) => Some(Hit::Value(value)),
+            _ => Some(Hit::Nil),
+        }
+    }
+
+    /// `at` as milliseconds since the epoch, rounded down.
+    fn millis(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_millis() as u64
     }
 
     /// A ticket for a GET of `key` about to be sent, or `None` when its
@@ -233,30 +276,36 @@ impl Cache {
         pending.outstanding -= 1;
         if pending.outstanding == 0 {
             self.fills.remove(key);
+            // After a burst of misses, give the table's memory back.
+            if self.fills.is_empty() && self.fills.capacity() > KEEP_IDLE_FILLS {
+                self.fills = HashMap::new();
+            }
         }
         let (Some(reply), true, true) = (reply, valid, self.entries.is_some()) else {
             return false;
         };
-        if value_len(reply) > self.limits.max_value_size
-            || entry_size(key, reply) > self.limits.max_memory
-        {
+        let Some((tag, value)) = stored_form(reply) else {
+            return false;
+        };
+        let size = entry_size(key.len(), 1 + value.len());
+        if value.len() > self.limits.max_value_size || size > self.limits.max_memory {
             return false;
         }
         self.remove(key);
-        self.make_room(entry_size(key, reply));
+        self.make_room(size);
         let ttl_expiry = self.limits.ttl.map(|ttl| now + ttl);
         let expires_at = match (ttl_expiry, key_expires_at) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         };
-        let entry = Entry {
-            reply: Rc::from(reply),
-            expires_at,
+        let stamp = expires_at.map_or(NEVER, |at| self.millis(at));
+        let Some(entries) = self.entries.as_mut() else {
+            return false;
         };
-        self.used += entry_size(key, reply);
-        if let Some(entries) = self.entries.as_mut() {
-            entries.insert(key.into(), entry);
+        if !entries.insert_new(key, [&[tag], value], stamp) {
+            return false;
         }
+        self.used += size;
         true
     }
 
@@ -269,15 +318,15 @@ impl Cache {
         while !entries.is_empty()
             && (entries.len() >= self.limits.capacity || self.used + size > self.limits.max_memory)
         {
-            if let Some((key, entry)) = entries.remove_lru() {
-                self.used -= entry_size(&key, &entry.reply);
+            if let Some((key_len, reply_len)) = entries.pop_lru() {
+                self.used -= entry_size(key_len, reply_len);
             }
         }
     }
 
     fn remove(&mut self, key: &[u8]) {
-        if let Some(entry) = self.entries.as_mut().and_then(|e| e.remove(key)) {
-            self.used -= entry_size(key, &entry.reply);
+        if let Some((key_len, reply_len)) = self.entries.as_mut().and_then(|e| e.remove(key)) {
+            self.used -= entry_size(key_len, reply_len);
         }
     }
 
@@ -327,7 +376,13 @@ mod tests {
         cache
     }
 
+    /// Fills `key` with `reply`: RESP as given if it starts with `$` or `_`, else
+    /// as the value of a bulk string.
     fn filled(cache: &mut Cache, key: &str, reply: &str, now: Instant) -> bool {
+        let reply = match reply.starts_with('$') || reply.starts_with('_') {
+            true => reply.to_string(),
+            false => format!("${}\r\n{reply}\r\n", reply.len()),
+        };
         let Some(ticket) = cache.fill_ticket(key.as_bytes()) else {
             return false;
         };
@@ -335,9 +390,10 @@ mod tests {
     }
 
     fn hit(cache: &mut Cache, key: &str, now: Instant) -> Option<String> {
-        cache
-            .get(key.as_bytes(), now)
-            .map(|r| String::from_utf8(r.to_vec()).unwrap())
+        cache.get(key.as_bytes(), now).map(|hit| match hit {
+            Hit::Value(v) => String::from_utf8(v.to_vec()).unwrap(),
+            Hit::Nil => "(nil)".to_string(),
+        })
     }
 
     #[test]
@@ -360,10 +416,15 @@ mod tests {
         let mut cache = serving(10, HOUR);
         assert_eq!(hit(&mut cache, "k", now), None);
         assert!(filled(&mut cache, "k", "$1\r\nv\r\n", now));
-        assert_eq!(hit(&mut cache, "k", now).as_deref(), Some("$1\r\nv\r\n"));
+        assert_eq!(hit(&mut cache, "k", now).as_deref(), Some("v"));
         assert!(filled(&mut cache, "nil", "$-1\r\n", now));
-        assert_eq!(hit(&mut cache, "nil", now).as_deref(), Some("$-1\r\n"));
-        assert_eq!(cache.len(), 2);
+        assert_eq!(hit(&mut cache, "nil", now).as_deref(), Some("(nil)"));
+        assert!(filled(&mut cache, "nil3", "_\r\n", now));
+        assert_eq!(hit(&mut cache, "nil3", now).as_deref(), Some("(nil)"));
+        // Not a bulk string: never stored.
+        assert!(!filled(&mut cache, "e", "$-ERR x\r\n", now));
+        assert!(!filled(&mut cache, "short", "$5\r\nabc\r\n", now));
+        assert_eq!(cache.len(), 3);
         assert_eq!(cache.pending_fills(), 0);
     }
 
@@ -395,7 +456,8 @@ mod tests {
     fn counts_bytes_and_evicts_to_stay_within_max_memory() {
         let now = Instant::now();
         let value = "v".repeat(100);
-        let one = entry_size(b"k0", value.as_bytes());
+        // Stored as a tag byte and the value.
+        let one = entry_size(2, 1 + value.len());
         let mut cache = serving_within(Limits {
             capacity: 1000,
             ttl: HOUR,
@@ -448,12 +510,12 @@ mod tests {
         let mut cache = serving(10, HOUR);
         filled(&mut cache, "k", "short", now);
         filled(&mut cache, "k", "a longer value", now);
-        assert_eq!(cache.memory(), entry_size(b"k", b"a longer value"));
+        assert_eq!(cache.memory(), entry_size(1, 1 + "a longer value".len()));
         let expiry = now + Duration::from_secs(1);
         let t = cache.fill_ticket(b"e").unwrap();
-        cache.complete_fill(b"e", t, Some(b"x"), Some(expiry), now);
+        assert!(cache.complete_fill(b"e", t, Some(b"$1\r\nx\r\n"), Some(expiry), now));
         assert_eq!(hit(&mut cache, "e", expiry), None);
-        assert_eq!(cache.memory(), entry_size(b"k", b"a longer value"));
+        assert_eq!(cache.memory(), entry_size(1, 1 + "a longer value".len()));
     }
 
     #[test]
@@ -473,7 +535,7 @@ mod tests {
         let mut cache = serving(10, HOUR);
         let ticket = cache.fill_ticket(b"k").unwrap();
         let key_expiry = start + Duration::from_millis(300);
-        assert!(cache.complete_fill(b"k", ticket, Some(b"v"), Some(key_expiry), start));
+        assert!(cache.complete_fill(b"k", ticket, Some(b"$1\r\nv\r\n"), Some(key_expiry), start));
         assert!(hit(&mut cache, "k", key_expiry - Duration::from_millis(1)).is_some());
         assert_eq!(hit(&mut cache, "k", key_expiry), None);
     }
@@ -505,10 +567,10 @@ mod tests {
         cache.set_serving(false);
         assert_eq!(hit(&mut cache, "k", now), None);
         assert!(cache.fill_ticket(b"k").is_none());
-        assert!(!cache.complete_fill(b"in-flight", ticket, Some(b"v"), None, now));
+        assert!(!cache.complete_fill(b"in-flight", ticket, Some(b"$1\r\nv\r\n"), None, now));
         cache.set_serving(true);
         assert!(cache.is_empty(), "what was cached before the gap is gone");
-        assert!(!cache.complete_fill(b"in-flight", ticket, Some(b"v"), None, now));
+        assert!(!cache.complete_fill(b"in-flight", ticket, Some(b"$1\r\nv\r\n"), None, now));
     }
 
     /// Every order of the three events of a GET miss that races a write:
@@ -522,17 +584,17 @@ mod tests {
         let mut cache = serving(10, HOUR);
         let t = cache.fill_ticket(b"k").unwrap();
         cache.invalidate(b"k");
-        assert!(!cache.complete_fill(b"k", t, Some(b"old"), None, now));
+        assert!(!cache.complete_fill(b"k", t, Some(b"$3\r\nold\r\n"), None, now));
         assert_eq!(hit(&mut cache, "k", now), None);
         // Sent, reply, invalidated: stored, then dropped.
         let t = cache.fill_ticket(b"k").unwrap();
-        assert!(cache.complete_fill(b"k", t, Some(b"old"), None, now));
+        assert!(cache.complete_fill(b"k", t, Some(b"$3\r\nold\r\n"), None, now));
         cache.invalidate(b"k");
         assert_eq!(hit(&mut cache, "k", now), None);
         // Invalidated, sent, reply: the GET saw the write.
         cache.invalidate(b"k");
         let t = cache.fill_ticket(b"k").unwrap();
-        assert!(cache.complete_fill(b"k", t, Some(b"new"), None, now));
+        assert!(cache.complete_fill(b"k", t, Some(b"$3\r\nnew\r\n"), None, now));
         assert_eq!(hit(&mut cache, "k", now).as_deref(), Some("new"));
         assert_eq!(cache.pending_fills(), 0);
     }
@@ -546,11 +608,11 @@ mod tests {
         let other = cache.fill_ticket(b"other").unwrap();
         cache.invalidate(b"k");
         let after = cache.fill_ticket(b"k").unwrap();
-        assert!(!cache.complete_fill(b"k", before2, Some(b"old"), None, now));
-        assert!(cache.complete_fill(b"k", after, Some(b"new"), None, now));
-        assert!(!cache.complete_fill(b"k", before1, Some(b"old"), None, now));
+        assert!(!cache.complete_fill(b"k", before2, Some(b"$3\r\nold\r\n"), None, now));
+        assert!(cache.complete_fill(b"k", after, Some(b"$3\r\nnew\r\n"), None, now));
+        assert!(!cache.complete_fill(b"k", before1, Some(b"$3\r\nold\r\n"), None, now));
         assert_eq!(hit(&mut cache, "k", now).as_deref(), Some("new"));
-        assert!(cache.complete_fill(b"other", other, Some(b"o"), None, now));
+        assert!(cache.complete_fill(b"other", other, Some(b"$1\r\no\r\n"), None, now));
         assert_eq!(cache.pending_fills(), 0);
     }
 
@@ -562,7 +624,7 @@ mod tests {
         let before = cache.fill_ticket(b"b").unwrap();
         cache.clear();
         assert!(cache.is_empty());
-        assert!(!cache.complete_fill(b"b", before, Some(b"B"), None, now));
+        assert!(!cache.complete_fill(b"b", before, Some(b"$1\r\nB\r\n"), None, now));
         assert_eq!(hit(&mut cache, "b", now), None);
         assert!(filled(&mut cache, "b", "B", now));
         assert_eq!(cache.pending_fills(), 0);

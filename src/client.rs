@@ -11,7 +11,6 @@ use crate::resp::{Protocol, ProtocolError, Request, RequestParser};
 use mio::net::TcpStream;
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::rc::Rc;
 use std::time::Instant;
 
 /// How many requests a client may have unanswered before sidecache stops
@@ -247,7 +246,6 @@ enum Slot {
     /// that later replies still leave in order.
     Dropped,
     Ready(Vec<u8>),
-    Shared(Rc<[u8]>),
 }
 
 impl Replies {
@@ -276,6 +274,22 @@ impl Replies {
         }
     }
 
+    /// Queues a bulk string reply of `value`, framed here rather than
+    /// copied framed, behind every earlier reply.
+    pub fn push_bulk(&mut self, value: &[u8]) {
+        if self.silent {
+            return;
+        }
+        if self.slots.is_empty() {
+            crate::resp::bulk(&mut self.output, value);
+            return;
+        }
+        let mut reply = Vec::with_capacity(value.len() + 16);
+        crate::resp::bulk(&mut reply, value);
+        self.slot_bytes += reply.len();
+        self.slots.push_back(Slot::Ready(reply));
+    }
+
     /// Like `push`, for pub/sub traffic, which `CLIENT REPLY` does not silence.
     pub fn push_out_of_band(&mut self, reply: &[u8]) {
         if self.slots.is_empty() {
@@ -283,19 +297,6 @@ impl Replies {
         } else {
             self.slot_bytes += reply.len();
             self.slots.push_back(Slot::Ready(reply.to_vec()));
-        }
-    }
-
-    /// Like `push`, for a reply shared with the cache.
-    pub fn push_shared(&mut self, reply: Rc<[u8]>) {
-        if self.silent {
-            return;
-        }
-        if self.slots.is_empty() {
-            self.output.extend_from_slice(&reply);
-        } else {
-            // Shared with the cache, it costs nothing more while it waits.
-            self.slots.push_back(Slot::Shared(reply));
         }
     }
 
@@ -328,7 +329,6 @@ impl Replies {
                     self.slot_bytes -= bytes.len();
                     self.output.extend_from_slice(bytes)
                 }
-                Slot::Shared(bytes) => self.output.extend_from_slice(bytes),
             }
             self.slots.pop_front();
             self.first_seq += 1;
@@ -362,12 +362,12 @@ mod tests {
         let miss1 = r.reserve();
         r.push(b"+hit1\r\n");
         let miss2 = r.reserve();
-        r.push_shared(Rc::from(&b"+hit2\r\n"[..]));
+        r.push(b"+hit2\r\n");
         assert_eq!(r.unsent(), 0, "nothing may overtake the first miss");
-        assert_eq!(r.held(), 7, "a shared reply costs nothing more");
+        assert_eq!(r.held(), 14, "ready replies held behind it count");
         r.fill(miss2, b"+miss2\r\n");
         assert_eq!(r.unsent(), 0);
-        assert_eq!(r.held(), 7 + 8);
+        assert_eq!(r.held(), 14 + 8);
         r.fill(miss1, b"+miss1\r\n");
         assert_eq!(r.output, b"+miss1\r\n+hit1\r\n+miss2\r\n+hit2\r\n");
         assert_eq!(r.held(), r.output.len());

@@ -35,6 +35,7 @@ pub mod command;
 pub mod config;
 pub mod keys;
 pub mod log;
+pub mod lru;
 pub mod pinned;
 pub mod pubsub;
 pub mod resp;

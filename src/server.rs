@@ -23,7 +23,7 @@
 //! fill the cache only through a data connection whose reads Redis tracks.
 
 use crate::backend::{info_field, Backend, Progress};
-use crate::cache::{Cache, FillTicket, Limits, Rewrites};
+use crate::cache::{Cache, FillTicket, Hit, Limits, Rewrites};
 use crate::client::{Client, Phase, ReadOutcome, Replies, ReplyMode};
 use crate::command::{self, Action, InRefusedMulti, LibAttr};
 use crate::config::{Config, TrackingMode};
@@ -1208,7 +1208,12 @@ impl Server {
             None => Vec::new(),
         };
         if pending.is_empty() {
-            self.proxy.coalesced[c].remove(key);
+            let coalesced = &mut self.proxy.coalesced[c];
+            coalesced.remove(key);
+            // After a burst of misses, give the table's memory back.
+            if coalesced.is_empty() && coalesced.capacity() > 1024 {
+                *coalesced = HashMap::new();
+            }
         }
         waiters
     }
@@ -2114,10 +2119,9 @@ fn execute_request(
         Action::Get => {
             if let Some(hit) = proxy.cache.get(arg(1), now) {
                 // One entry serves both protocols: only a nil is spelled differently.
-                if protocol == Protocol::Resp3 && *hit == *resp::null_reply(Protocol::Resp2) {
-                    client.replies.push(resp::null_reply(Protocol::Resp3));
-                } else {
-                    client.replies.push_shared(hit);
+                match hit {
+                    Hit::Value(value) => client.replies.push_bulk(value),
+                    Hit::Nil => client.replies.push(resp::null_reply(protocol)),
                 }
                 return Executed::Done;
             }
