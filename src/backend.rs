@@ -64,6 +64,13 @@ pub struct Backend<T> {
     backoff: Duration,
     /// Longest wait for the connect, and for the reply to the oldest request.
     timeout: Duration,
+    /// Redis's FIN (or an error) was reported for the current socket: read
+    /// until end of input rather than stopping at a short read.
+    pub peer_closing: bool,
+    /// Whether the socket is registered for writability too: only while
+    /// connecting, or while requests wait for room in the socket, so that
+    /// every ACK does not wake the loop.
+    writable_interest: bool,
 }
 
 /// What a connect attempt or a socket event came to.
@@ -97,6 +104,8 @@ impl<T> Backend<T> {
             in_flight: VecDeque::new(),
             backoff: BACKOFF_MIN,
             timeout,
+            writable_interest: false,
+            peer_closing: false,
         }
     }
 
@@ -148,6 +157,8 @@ impl<T> Backend<T> {
             self.schedule_retry(now);
             return Err(e);
         }
+        self.writable_interest = true;
+        self.peer_closing = false;
         self.state = State::Connecting {
             stream,
             deadline: now + self.timeout,
@@ -222,8 +233,9 @@ impl<T> Backend<T> {
         self.sent < self.out.len()
     }
 
-    /// Writes queued requests until done or the socket is full.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Writes queued requests until done or the socket is full; in the
+    /// latter case asks `registry` to report when there is room again.
+    pub fn flush(&mut self, registry: &Registry) -> io::Result<()> {
         let State::Ready { stream } = &mut self.state else {
             return Ok(());
         };
@@ -231,7 +243,9 @@ impl<T> Backend<T> {
             match stream.write(&self.out[self.sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => self.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.want_writable(registry, true);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -241,6 +255,22 @@ impl<T> Backend<T> {
         if self.out.capacity() > KEEP_IDLE_CAPACITY {
             self.out = Vec::new();
         }
+        self.want_writable(registry, false)
+    }
+
+    fn want_writable(&mut self, registry: &Registry, wanted: bool) -> io::Result<()> {
+        if self.writable_interest == wanted {
+            return Ok(());
+        }
+        let State::Ready { stream } = &mut self.state else {
+            return Ok(());
+        };
+        let interest = match wanted {
+            true => Interest::READABLE | Interest::WRITABLE,
+            false => Interest::READABLE,
+        };
+        registry.reregister(stream, self.token, interest)?;
+        self.writable_interest = wanted;
         Ok(())
     }
 
@@ -257,6 +287,7 @@ impl<T> Backend<T> {
         if self.input.len() < filled + READ_CHUNK {
             self.input.resize(filled + READ_CHUNK, 0);
         }
+        let room = self.input.len() - filled;
         let result = stream.read(&mut self.input[filled..]);
         self.input_end += *result.as_ref().unwrap_or(&0);
         match result {
@@ -264,6 +295,9 @@ impl<T> Backend<T> {
                 io::ErrorKind::UnexpectedEof,
                 "Redis closed the connection",
             )),
+            // A short read emptied the socket; what arrives later raises a
+            // new event. Not so a FIN already reported: read on to it.
+            Ok(n) if n < room && !self.peer_closing => Ok(false),
             Ok(_) => Ok(true),
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(false),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(true),
@@ -347,6 +381,11 @@ impl<T> Backend<T> {
             retry_at: now + self.backoff,
         };
         self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+    }
+
+    /// Whether bytes were read that no reply has consumed yet.
+    pub fn has_input(&self) -> bool {
+        self.input_end > self.input_start
     }
 
     /// Whether a request that may take any time (a blocking command) is in flight.

@@ -9,6 +9,7 @@
 use crate::pubsub::ClientSubscriptions;
 use crate::resp::{Protocol, ProtocolError, Request, RequestParser};
 use mio::net::TcpStream;
+use mio::{Interest, Registry, Token};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
 use std::time::Instant;
@@ -69,6 +70,10 @@ pub struct Client {
     pub readable: bool,
     /// Already in the server's list of clients with output to write.
     pub flush_queued: bool,
+    /// Registered for writability: output is waiting for room in the socket.
+    writable_interest: bool,
+    /// The peer's FIN (or an error) was reported: read until end of input.
+    pub peer_closing: bool,
     pub name: Option<Box<[u8]>>,
     pub lib_name: Option<Box<[u8]>>,
     pub lib_ver: Option<Box<[u8]>>,
@@ -91,6 +96,8 @@ impl Client {
             replies: Replies::default(),
             readable: false,
             flush_queued: false,
+            writable_interest: false,
+            peer_closing: false,
             name: None,
             lib_name: None,
             lib_ver: None,
@@ -129,6 +136,15 @@ impl Client {
     pub fn read(&mut self, scratch: &mut [u8]) -> ReadOutcome {
         match self.input.read_from(&mut self.stream, scratch) {
             Ok(0) => ReadOutcome::Eof,
+            // A read that did not fill the buffer emptied the socket: bytes
+            // arriving later raise a new (edge-triggered) event, so asking
+            // again now would only cost a system call that finds nothing.
+            // Unless the peer's FIN was already reported: it raises no new
+            // event, and must be read.
+            Ok(n) if n < scratch.len() && !self.peer_closing => {
+                self.readable = false;
+                ReadOutcome::Drained
+            }
             Ok(_) => ReadOutcome::Data,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.readable = false;
@@ -139,14 +155,18 @@ impl Client {
         }
     }
 
-    /// Writes owed output until done or the socket is full.
-    pub fn flush(&mut self) -> io::Result<()> {
+    /// Writes owed output until done or the socket is full. The socket is
+    /// registered (as `token`) for writability only while output waits for
+    /// room in it, so that the loop is not woken by every ACK.
+    pub fn flush(&mut self, registry: &Registry, token: Token) -> io::Result<()> {
         let replies = &mut self.replies;
         while replies.sent < replies.output.len() {
             match self.stream.write(&replies.output[replies.sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => replies.sent += n,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    return self.want_writable(registry, token, true);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
@@ -155,6 +175,18 @@ impl Client {
         replies.sent = 0;
         if replies.output.capacity() > KEEP_IDLE_CAPACITY {
             replies.output = Vec::new();
+        }
+        self.want_writable(registry, token, false)
+    }
+
+    fn want_writable(&mut self, registry: &Registry, token: Token, wanted: bool) -> io::Result<()> {
+        if self.writable_interest != wanted {
+            let interest = match wanted {
+                true => Interest::READABLE | Interest::WRITABLE,
+                false => Interest::READABLE,
+            };
+            registry.reregister(&mut self.stream, token, interest)?;
+            self.writable_interest = wanted;
         }
         Ok(())
     }

@@ -230,16 +230,16 @@ impl Proxy {
         self.last_route = Some(next);
         for c in 0..2 {
             if next != Route::Data(c) && self.data[c].has_output() {
-                let _ = self.data[c].flush();
+                let _ = self.data[c].flush(&self.registry);
             }
         }
         if next != Route::Pubsub && self.pubsub.has_output() {
-            let _ = self.pubsub.flush();
+            let _ = self.pubsub.flush(&self.registry);
         }
         for &p in &self.pinned_to_flush {
             if next != Route::Pinned(p) {
                 if let Some(pinned) = self.pinned.get_mut(p) {
-                    let _ = pinned.backend.flush();
+                    let _ = pinned.backend.flush(&self.registry);
                 }
             }
         }
@@ -303,7 +303,7 @@ impl Proxy {
         while let Some(p) = self.pool.pop() {
             let backend = &mut self.pinned[p].backend;
             match backend.read() {
-                Ok(false) if backend.is_ready() => return Some(p),
+                Ok(false) if backend.is_ready() && !backend.has_input() => return Some(p),
                 // Gone, or bytes nobody asked for: not to be trusted.
                 _ => {
                     backend.turn_off(&self.registry, now);
@@ -540,6 +540,23 @@ impl Server {
         self.local_addr
     }
 
+    /// Redis closed (or broke) the connection behind `token`: its reads go
+    /// on to the end of input.
+    fn note_peer_closing(&mut self, token: Token) {
+        let backend_closing = match token {
+            DATA_RESP2 => &mut self.proxy.data[0].peer_closing,
+            DATA_RESP3 => &mut self.proxy.data[1].peer_closing,
+            INVALIDATION => &mut self.invalidation.peer_closing,
+            PUBSUB => &mut self.proxy.pubsub.peer_closing,
+            Token(t) if t >= FIRST_PINNED => match self.proxy.pinned.get_mut(t - FIRST_PINNED) {
+                Some(pinned) => &mut pinned.backend.peer_closing,
+                None => return,
+            },
+            _ => return,
+        };
+        *backend_closing = true;
+    }
+
     /// Serves until a shutdown signal, then until owed replies are sent.
     pub fn run(mut self) -> anyhow::Result<()> {
         log!(
@@ -555,6 +572,11 @@ impl Server {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("polling for events"),
+            }
+            for event in events.iter() {
+                if event.is_read_closed() || event.is_error() {
+                    self.note_peer_closing(event.token());
+                }
             }
             // Invalidations first: one that arrived before a client's GET
             // must be applied before that GET is answered from the cache.
@@ -586,8 +608,9 @@ impl Server {
                     ),
                     Token(token) => self.client_ready(
                         token - FIRST_CLIENT,
-                        event.is_readable(),
+                        event.is_readable() || event.is_read_closed(),
                         event.is_writable(),
+                        event.is_read_closed() || event.is_error(),
                     ),
                 }
             }
@@ -703,7 +726,8 @@ impl Server {
             if let Err(e) = self.poll.registry().register(
                 &mut stream,
                 Token(FIRST_CLIENT + key),
-                Interest::READABLE | Interest::WRITABLE,
+                // Writability only while replies wait for room: see Client::flush.
+                Interest::READABLE,
             ) {
                 log!("cannot register a client: {e}");
                 continue;
@@ -714,7 +738,7 @@ impl Server {
         }
     }
 
-    fn client_ready(&mut self, key: usize, readable: bool, writable: bool) {
+    fn client_ready(&mut self, key: usize, readable: bool, writable: bool, closing: bool) {
         let Some(client) = self.clients.get_mut(key) else {
             return;
         };
@@ -723,6 +747,9 @@ impl Server {
         }
         if readable {
             client.readable = true;
+        }
+        if closing {
+            client.peer_closing = true;
         }
         if writable {
             self.queue_flush(key);
@@ -851,7 +878,8 @@ impl Server {
             if client.phase == Phase::Closed {
                 continue;
             }
-            if client.flush().is_err() {
+            let token = Token(FIRST_CLIENT + key);
+            if client.flush(self.poll.registry(), token).is_err() {
                 self.close(key);
                 continue;
             }
@@ -1154,7 +1182,7 @@ impl Server {
             if !data.has_output() {
                 continue;
             }
-            if let Err(e) = data.flush() {
+            if let Err(e) = data.flush(self.poll.registry()) {
                 self.data_lost(protocol, &e.to_string(), Instant::now());
             }
         }
@@ -1371,7 +1399,7 @@ impl Server {
         if !self.invalidation.has_output() {
             return;
         }
-        if let Err(e) = self.invalidation.flush() {
+        if let Err(e) = self.invalidation.flush(self.poll.registry()) {
             self.invalidation_lost(&e.to_string(), Instant::now());
         }
     }
@@ -1446,7 +1474,7 @@ impl Server {
             }
         }
         if writable {
-            if let Err(e) = self.proxy.pinned[p].backend.flush() {
+            if let Err(e) = self.proxy.pinned[p].backend.flush(self.poll.registry()) {
                 self.pinned_lost(p, &e.to_string(), now);
                 return;
             }
@@ -1649,7 +1677,7 @@ impl Server {
                 continue;
             };
             pinned.flush_queued = false;
-            if let Err(e) = pinned.backend.flush() {
+            if let Err(e) = pinned.backend.flush(self.poll.registry()) {
                 self.pinned_lost(p, &e.to_string(), Instant::now());
             }
         }
@@ -1817,7 +1845,7 @@ impl Server {
         if !self.proxy.pubsub.has_output() {
             return;
         }
-        if let Err(e) = self.proxy.pubsub.flush() {
+        if let Err(e) = self.proxy.pubsub.flush(self.poll.registry()) {
             self.pubsub_lost(&e.to_string(), Instant::now());
         }
     }
@@ -2412,6 +2440,10 @@ fn drop_written<'a>(
     arg: impl Fn(usize) -> &'a [u8],
     keep: bool,
 ) -> Option<Rewrites> {
+    // Without a cache (--capacity 0) there is nothing to keep coherent.
+    if !proxy.cache.is_enabled() {
+        return None;
+    }
     let commands = proxy.commands.as_ref()?;
     let cache = &mut proxy.cache;
     let mut kept = keep.then(Vec::new);
