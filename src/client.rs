@@ -59,6 +59,8 @@ pub struct Client {
     pub subscriptions: ClientSubscriptions,
     /// `CLIENT REPLY`: whether replies to its commands are sent.
     pub reply_mode: ReplyMode,
+    /// Passed AUTH, or no password is required.
+    pub authenticated: bool,
     /// When it last sent a request or was last sent all it was owed (or
     /// connected), for `--idle-timeout`: as in Redis, a client is idle only
     /// from when the connection last did something.
@@ -91,6 +93,7 @@ impl Client {
             pinned: None,
             subscriptions: ClientSubscriptions::default(),
             reply_mode: ReplyMode::On,
+            authenticated: true,
             last_activity: Instant::now(),
             input: Input::default(),
             replies: Replies::default(),

@@ -27,12 +27,16 @@ pub enum Action {
     SelectZero,
     /// `HELLO [2|3] [AUTH user pass] [SETNAME name]`: switch to `protocol`
     /// if given, answer in the connection's protocol; `setname` is the
-    /// name's position. Credentials are not checked: sidecache has no
-    /// client authentication yet, so it behaves as a Redis without a password.
+    /// name's position, `auth` the user name's (the password follows it).
     Hello {
         protocol: Option<Protocol>,
         setname: Option<usize>,
+        auth: Option<usize>,
     },
+    /// `AUTH [user] password`: `user` is the user name's position if
+    /// given; the password is the last argument. Checked by sidecache
+    /// (`--requirepass`), never forwarded.
+    Auth { user: Option<usize> },
     /// `CLIENT SETNAME name`.
     ClientSetName,
     /// `CLIENT GETNAME`.
@@ -97,6 +101,14 @@ pub fn in_refused_multi(name: &[u8]) -> InRefusedMulti {
     }
 }
 
+/// Whether a client that has not authenticated may send `name`: AUTH,
+/// HELLO (which can carry credentials), PING and QUIT.
+pub fn allowed_before_auth(name: &[u8]) -> bool {
+    ["AUTH", "HELLO", "PING", "QUIT"]
+        .iter()
+        .any(|allowed| name.eq_ignore_ascii_case(allowed.as_bytes()))
+}
+
 /// The attributes `CLIENT SETINFO` records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LibAttr {
@@ -143,7 +155,10 @@ pub fn classify<'a>(argc: usize, arg: impl Fn(usize) -> &'a [u8]) -> Action {
             arg(0),
             "the writes it would wait for went over the connection to Redis that all clients share",
         ),
-        b"AUTH" => refuse(arg(0), "authentication is not supported yet"),
+        b"AUTH" if argc == 2 => Action::Auth { user: None },
+        b"AUTH" if argc == 3 => Action::Auth { user: Some(1) },
+        b"AUTH" if argc > 3 => Action::Error("ERR syntax error".into()),
+        b"AUTH" => arity_error(),
         b"RESET" if argc == 1 => Action::Reset,
         b"RESET" => arity_error(),
         b"SYNC" | b"PSYNC" | b"REPLCONF" => refuse(arg(0), "replication is not proxied"),
@@ -205,12 +220,16 @@ fn hello<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
         };
     }
     let mut setname = None;
+    let mut auth = None;
     let mut i = 2;
     while i < argc {
         let option = arg(i).to_ascii_uppercase();
         let remaining = argc - i - 1;
         match option.as_slice() {
-            b"AUTH" if remaining >= 2 => i += 3,
+            b"AUTH" if remaining >= 2 => {
+                auth = Some(i + 1);
+                i += 3;
+            }
             b"SETNAME" if remaining >= 1 => {
                 if let Some(error) = invalid_name(arg(i + 1), "Client names") {
                     return error;
@@ -226,7 +245,11 @@ fn hello<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
             }
         }
     }
-    Action::Hello { protocol, setname }
+    Action::Hello {
+        protocol,
+        setname,
+        auth,
+    }
 }
 
 fn client<'a>(argc: usize, arg: &impl Fn(usize) -> &'a [u8]) -> Action {
@@ -367,7 +390,11 @@ mod tests {
         assert_eq!(of("ECHO x"), Action::Echo);
         assert_eq!(of("QUIT"), Action::Quit);
         assert_eq!(of("SELECT 0"), Action::SelectZero);
-        let hello = |protocol, setname| Action::Hello { protocol, setname };
+        let hello = |protocol, setname| Action::Hello {
+            protocol,
+            setname,
+            auth: None,
+        };
         assert_eq!(of("HELLO"), hello(None, None));
         assert_eq!(of("HELLO 2"), hello(Some(Protocol::Resp2), None));
         assert_eq!(of("HELLO 3"), hello(Some(Protocol::Resp3), None));
@@ -377,7 +404,18 @@ mod tests {
         );
         assert_eq!(
             of("HELLO 3 AUTH default secret SETNAME me"),
-            hello(Some(Protocol::Resp3), Some(6))
+            Action::Hello {
+                protocol: Some(Protocol::Resp3),
+                setname: Some(6),
+                auth: Some(3),
+            }
+        );
+        assert_eq!(of("AUTH pw"), Action::Auth { user: None });
+        assert_eq!(of("auth default pw"), Action::Auth { user: Some(1) });
+        assert_eq!(error_of("AUTH a b c"), "ERR syntax error");
+        assert_eq!(
+            error_of("AUTH"),
+            "ERR wrong number of arguments for 'auth' command"
         );
         assert_eq!(
             error_of("HELLO 3 AUTH default"),
@@ -468,7 +506,6 @@ mod tests {
             "MONITOR",
             "WAIT 1 0",
             "WAITAOF 1 0 0",
-            "AUTH secret",
             "SYNC",
             "PSYNC ? -1",
             "REPLCONF listening-port 1",

@@ -45,8 +45,16 @@ Options:
   --max-pinned N      most connections to Redis pinned to one client each,
                       for transactions and blocking commands; past it such
                       a command is refused with an error [default: 256]
+  --requirepass PASSWORD
+                      clients must AUTH with this password before anything
+                      but AUTH, HELLO, PING and QUIT [default: none]
+  --log-level LEVEL   error, warn, info or debug [default: info]
   -h, --help          print this help and exit
   -V, --version       print the version and exit
+
+Every flag can also come from the environment as SIDECACHE_<FLAG>, such as
+SIDECACHE_MAX_CLIENTS=500 or SIDECACHE_REQUIREPASS (which keeps the password
+out of `ps`); a flag on the command line wins.
 
 GET replies are cached; everything else is forwarded to Redis unchanged.
 Transactions and blocking commands run on a connection of the client's
@@ -85,6 +93,49 @@ pub struct Config {
     pub max_value_size: usize,
     /// Most connections pinned to one client each (transactions, blocking calls).
     pub max_pinned: usize,
+    /// The password clients must AUTH with; `None`: no authentication.
+    pub requirepass: Option<String>,
+    pub log_level: LogLevel,
+}
+
+pub use crate::log::Level as LogLevel;
+
+impl Config {
+    /// The effective configuration as one log line, every flag with its
+    /// value, passwords masked.
+    pub fn describe(&self) -> String {
+        let duration = |d: Option<Duration>| match d {
+            None => "0".to_string(),
+            Some(d) => format!("{}ms", d.as_millis()),
+        };
+        let tracking = match self.tracking {
+            TrackingMode::Auto => "auto",
+            TrackingMode::On => "on",
+            TrackingMode::Off => "off",
+        };
+        format!(
+            "--listen {} --redis {} --capacity {} --ttl {} --tracking {tracking} --timeout {} \
+             --max-clients {} --max-output {} --idle-timeout {} --max-memory {} \
+             --max-value-size {} --max-pinned {} --requirepass {} --log-level {}",
+            self.listen,
+            self.redis,
+            self.capacity,
+            duration(self.ttl),
+            duration(Some(self.timeout)),
+            self.max_clients,
+            self.max_output,
+            duration(self.idle_timeout),
+            self.max_memory,
+            self.max_value_size,
+            self.max_pinned,
+            if self.requirepass.is_some() {
+                "(set)"
+            } else {
+                "(none)"
+            },
+            format!("{:?}", self.log_level).to_ascii_lowercase(),
+        )
+    }
 }
 
 /// Whether the cache is kept coherent by Redis's client tracking.
@@ -113,6 +164,8 @@ impl Default for Config {
             max_memory: 64 << 20,
             max_value_size: 1 << 20,
             max_pinned: 256,
+            requirepass: None,
+            log_level: LogLevel::Info,
         }
     }
 }
@@ -129,13 +182,26 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// Parses the arguments that follow the program name.
+/// Parses the arguments that follow the program name, with the process's
+/// environment for flags not given.
 pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, UsageError> {
-    let mut args = pico_args::Arguments::from_vec(args);
-    if args.contains(["-h", "--help"]) {
+    parse_args_with_env(args, |name| std::env::var(name).ok())
+}
+
+/// Parses the arguments; `env` looks up `SIDECACHE_<FLAG>` variables for
+/// the flags the command line does not give.
+pub fn parse_args_with_env(
+    args: Vec<OsString>,
+    env: impl Fn(&str) -> Option<String>,
+) -> Result<Invocation, UsageError> {
+    let mut args = Args {
+        args: pico_args::Arguments::from_vec(args),
+        env: &env,
+    };
+    if args.args.contains(["-h", "--help"]) {
         return Ok(Invocation::Help);
     }
-    if args.contains(["-V", "--version"]) {
+    if args.args.contains(["-V", "--version"]) {
         return Ok(Invocation::Version);
     }
     let defaults = Config::default();
@@ -156,8 +222,11 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, UsageError> {
             .unwrap_or(defaults.max_value_size),
         max_pinned: flag(&mut args, "--max-pinned", parse_positive_count)?
             .unwrap_or(defaults.max_pinned),
+        requirepass: flag(&mut args, "--requirepass", parse_password)?
+            .unwrap_or(defaults.requirepass),
+        log_level: flag(&mut args, "--log-level", parse_log_level)?.unwrap_or(defaults.log_level),
     };
-    let rest = args.finish();
+    let rest = args.args.finish();
     if let Some(first) = rest.first() {
         return Err(UsageError(format!(
             "unexpected argument '{}' (see --help)",
@@ -167,12 +236,31 @@ pub fn parse_args(args: Vec<OsString>) -> Result<Invocation, UsageError> {
     Ok(Invocation::Run(config))
 }
 
+/// The command line, and the environment behind it.
+struct Args<'e> {
+    args: pico_args::Arguments,
+    env: &'e dyn Fn(&str) -> Option<String>,
+}
+
+/// The environment variable that stands for `flag`: `--max-clients` is
+/// `SIDECACHE_MAX_CLIENTS`.
+pub fn env_name(flag: &str) -> String {
+    format!(
+        "SIDECACHE_{}",
+        flag.trim_start_matches('-')
+            .replace('-', "_")
+            .to_ascii_uppercase()
+    )
+}
+
+/// The value of `name` from the command line, or else from its
+/// environment variable; errors name whichever gave the bad value.
 fn flag<T>(
-    args: &mut pico_args::Arguments,
+    args: &mut Args<'_>,
     name: &'static str,
     parse: fn(&str) -> Result<T, String>,
 ) -> Result<Option<T>, UsageError> {
-    args.opt_value_from_fn(name, parse).map_err(|e| {
+    let given = args.args.opt_value_from_fn(name, parse).map_err(|e| {
         UsageError(match e {
             pico_args::Error::OptionWithoutAValue(_) => format!("{name} needs a value"),
             pico_args::Error::Utf8ArgumentParsingFailed { value, cause } => {
@@ -183,7 +271,40 @@ fn flag<T>(
             }
             other => format!("{name}: {other}"),
         })
-    })
+    })?;
+    if given.is_some() {
+        return Ok(given);
+    }
+    let var = env_name(name);
+    match (args.env)(&var) {
+        None => Ok(None),
+        Some(value) => parse(&value).map(Some).map_err(|cause| {
+            // A password is not echoed back.
+            let shown = if name == "--requirepass" {
+                "***"
+            } else {
+                &value
+            };
+            UsageError(format!("invalid value '{shown}' for {var}: {cause}"))
+        }),
+    }
+}
+
+fn parse_password(s: &str) -> Result<Option<String>, String> {
+    match s {
+        "" => Err("must not be empty".to_string()),
+        _ => Ok(Some(s.to_string())),
+    }
+}
+
+fn parse_log_level(s: &str) -> Result<LogLevel, String> {
+    match s {
+        "error" => Ok(LogLevel::Error),
+        "warn" => Ok(LogLevel::Warn),
+        "info" => Ok(LogLevel::Info),
+        "debug" => Ok(LogLevel::Debug),
+        _ => Err("expected error, warn, info or debug".to_string()),
+    }
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -279,7 +400,7 @@ mod tests {
     use super::*;
 
     fn run(args: &[&str]) -> Result<Invocation, UsageError> {
-        parse_args(args.iter().map(OsString::from).collect())
+        parse_args_with_env(args.iter().map(OsString::from).collect(), |_| None)
     }
 
     fn config(args: &[&str]) -> Config {
@@ -287,6 +408,49 @@ mod tests {
             Ok(Invocation::Run(c)) => c,
             other => panic!("expected a config from {args:?}, got {other:?}"),
         }
+    }
+
+    fn with_env(args: &[&str], env: &[(&str, &str)]) -> Result<Invocation, UsageError> {
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        parse_args_with_env(args.iter().map(OsString::from).collect(), |name| {
+            env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
+        })
+    }
+
+    #[test]
+    fn every_flag_from_the_environment_and_the_command_line_wins() {
+        assert_eq!(env_name("--max-clients"), "SIDECACHE_MAX_CLIENTS");
+        let env = [
+            ("SIDECACHE_MAX_CLIENTS", "7"),
+            ("SIDECACHE_REQUIREPASS", "s3cret"),
+            ("SIDECACHE_LOG_LEVEL", "debug"),
+            ("SIDECACHE_TTL", "5s"),
+        ];
+        let Ok(Invocation::Run(c)) = with_env(&["--ttl", "9"], &env) else {
+            panic!("should parse");
+        };
+        assert_eq!(c.max_clients, 7);
+        assert_eq!(c.requirepass.as_deref(), Some("s3cret"));
+        assert_eq!(c.log_level, LogLevel::Debug);
+        assert_eq!(c.ttl, Some(Duration::from_secs(9)), "the flag wins");
+        let e = with_env(&[], &[("SIDECACHE_MAX_CLIENTS", "lots")]).unwrap_err();
+        assert!(e.0.contains("SIDECACHE_MAX_CLIENTS"), "{e}");
+        let e = with_env(&[], &[("SIDECACHE_REQUIREPASS", "")]).unwrap_err();
+        assert!(!e.0.contains("''"), "{e}");
+        assert!(run(&["--log-level", "loud"]).is_err());
+    }
+
+    #[test]
+    fn the_description_masks_the_password() {
+        let c = config(&["--requirepass", "hunter2", "--ttl", "250ms"]);
+        let line = c.describe();
+        assert!(!line.contains("hunter2"), "{line}");
+        assert!(line.contains("--requirepass (set)"), "{line}");
+        assert!(line.contains("--ttl 250ms"), "{line}");
+        assert!(config(&[]).describe().contains("--requirepass (none)"));
     }
 
     #[test]

@@ -22,6 +22,8 @@ fn main() -> ExitCode {
         }
         Invocation::Run(config) => config,
     };
+    sidecache::log::set_level(config.log_level);
+    sidecache::log!("configuration: {}", config.describe());
     match sidecache::server::Server::bind(&config).and_then(|server| server.run()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

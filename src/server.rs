@@ -2,8 +2,9 @@
 //! of clients, the connections to Redis and the cache, and is the only
 //! place that opens, closes or moves data between them.
 //!
-//! Each turn: handle the batch of readiness events, the invalidation
-//! connection's first; run due timers; resume clients that have input left;
+//! Each turn: handle the batch of readiness events: the invalidation
+//! connection's first, then the pub/sub connection's, then the other
+//! connections to Redis, and the clients' last; run due timers; resume clients that have input left;
 //! write the data connection's queued requests (one write batches every
 //! client's requests of the turn); write each client's output; and only
 //! then remove closed clients from the slab, so an event later in the same
@@ -28,12 +29,12 @@ use crate::client::{Client, Phase, ReadOutcome, Replies, ReplyMode};
 use crate::command::{self, Action, InRefusedMulti, LibAttr};
 use crate::config::{Config, TrackingMode};
 use crate::keys::{CommandTable, Writes};
-use crate::log;
 use crate::pinned::{Owner, Pinned, PinnedRequest, Step, EXECABORT};
 use crate::pubsub::{self, Channels, Kind, Subscribed, Waiter};
 use crate::resp::Protocol;
 use crate::resp::{self, Request, Value};
 use crate::tracking::{self, Incoming};
+use crate::{log, log_debug, log_warn};
 use anyhow::{anyhow, Context};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
@@ -80,6 +81,12 @@ const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(1);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(3);
 
 const BACKEND_UNAVAILABLE: &[u8] = b"-ERR backend unavailable\r\n";
+
+const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
+const WRONGPASS: &str = "WRONGPASS invalid username-password pair or user is disabled.";
+const HELLO_NOAUTH: &str = "NOAUTH HELLO must be called with the client already authenticated, \
+     otherwise the HELLO AUTH <user> <pass> option can be used to authenticate the client \
+     and select the RESP protocol version at the same time";
 
 /// Who waits for a reply on the data connection, and what to do with it.
 #[derive(Debug)]
@@ -198,6 +205,8 @@ struct Proxy {
     /// Where requests were last queued this turn: every other connection
     /// has been written out since.
     last_route: Option<Route>,
+    /// `--requirepass`: the password clients must AUTH with.
+    requirepass: Option<Box<[u8]>>,
     /// Per data connection: GET misses in flight that later GETs of the
     /// same key share, by key, oldest first.
     coalesced: [HashMap<Box<[u8]>, Vec<Coalesced>>; 2],
@@ -216,6 +225,18 @@ struct Coalesced {
 }
 
 impl Proxy {
+    /// Whether `user` (the default user when `None`) with `password` may
+    /// use sidecache: the default user with `--requirepass`, or with any
+    /// password when there is none, as Redis's default user. The password
+    /// is compared in constant time.
+    fn credentials_ok(&self, user: Option<&[u8]>, password: &[u8]) -> bool {
+        let default_user = user.is_none_or(|u| u == b"default");
+        match &self.requirepass {
+            None => default_user,
+            Some(required) => default_user & constant_time_eq(password, required),
+        }
+    }
+
     /// Called before a request is queued on `next`: writes out what was
     /// queued on every other connection first, so that requests reach
     /// Redis in the order clients sent them, across connections too (a
@@ -503,6 +524,10 @@ impl Server {
                 timeout,
                 last_route: None,
                 coalesced: [HashMap::new(), HashMap::new()],
+                requirepass: config
+                    .requirepass
+                    .as_deref()
+                    .map(|p| Box::from(p.as_bytes())),
             },
             invalidation,
             tracking: Tracking {
@@ -589,23 +614,26 @@ impl Server {
             if let Some(e) = events.iter().find(|e| e.token() == PUBSUB) {
                 self.pubsub_ready(e.is_readable(), e.is_writable());
             }
+            // Then Redis's replies, before the clients' new requests: what
+            // Redis answered before a request arrived is known when it runs
+            // (a pinned connection's id for CLIENT UNBLOCK, say).
+            for event in events.iter() {
+                let (readable, writable) = (event.is_readable(), event.is_writable());
+                match event.token() {
+                    DATA_RESP2 => self.data_ready(Protocol::Resp2, readable, writable),
+                    DATA_RESP3 => self.data_ready(Protocol::Resp3, readable, writable),
+                    Token(token) if token >= FIRST_PINNED => {
+                        self.pinned_ready(token - FIRST_PINNED, readable, writable)
+                    }
+                    _ => {}
+                }
+            }
             for event in events.iter() {
                 match event.token() {
                     LISTENER => self.accept(),
-                    DATA_RESP2 => {
-                        self.data_ready(Protocol::Resp2, event.is_readable(), event.is_writable())
-                    }
-                    DATA_RESP3 => {
-                        self.data_ready(Protocol::Resp3, event.is_readable(), event.is_writable())
-                    }
-                    INVALIDATION => {}
                     SIGNALS => self.signalled(),
-                    PUBSUB => {}
-                    Token(token) if token >= FIRST_PINNED => self.pinned_ready(
-                        token - FIRST_PINNED,
-                        event.is_readable(),
-                        event.is_writable(),
-                    ),
+                    DATA_RESP2 | DATA_RESP3 | INVALIDATION | PUBSUB => {}
+                    Token(token) if token >= FIRST_PINNED => {}
                     Token(token) => self.client_ready(
                         token - FIRST_CLIENT,
                         event.is_readable() || event.is_read_closed(),
@@ -691,7 +719,7 @@ impl Server {
             let Some(listener) = &self.listener else {
                 return;
             };
-            let (mut stream, _peer) = match listener.accept() {
+            let (mut stream, peer) = match listener.accept() {
                 Ok(accepted) => accepted,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e)
@@ -706,7 +734,7 @@ impl Server {
                     // Out of file descriptors and the like: keep serving the
                     // clients we have and try again shortly. The listener
                     // would not signal again for connections already waiting.
-                    log!(
+                    log_warn!(
                         "cannot accept a client: {e}; trying again in {:?}",
                         ACCEPT_PAUSE
                     );
@@ -729,12 +757,15 @@ impl Server {
                 // Writability only while replies wait for room: see Client::flush.
                 Interest::READABLE,
             ) {
-                log!("cannot register a client: {e}");
+                log_warn!("cannot register a client: {e}");
                 continue;
             }
             let id = self.next_client_id;
             self.next_client_id += 1;
-            entry.insert(Client::new(stream, id));
+            let mut client = Client::new(stream, id);
+            client.authenticated = self.proxy.requirepass.is_none();
+            log_debug!("client {id} connected from {peer}");
+            entry.insert(client);
         }
     }
 
@@ -854,7 +885,7 @@ impl Server {
     fn queue_flush(&mut self, key: usize) {
         if let Some(client) = self.clients.get_mut(key) {
             if client.replies.held() > self.limits.max_output {
-                log!(
+                log_warn!(
                     "closing client {} holding {} bytes of unread replies (over --max-output)",
                     client.id,
                     client.replies.held()
@@ -918,6 +949,7 @@ impl Server {
             return;
         }
         client.phase = Phase::Closed;
+        log_debug!("client {} closed", client.id);
         let _ = self.poll.registry().deregister(&mut client.stream);
         self.to_remove.push(key);
         let id = client.id;
@@ -1144,7 +1176,7 @@ impl Server {
             DataRequest::ServerInfo => {
                 self.proxy.redis_version = info_field(reply, b"redis_version:").map(str::to_string);
                 if reply.first() == Some(&b'-') {
-                    log!(
+                    log_warn!(
                         "Redis refused sidecache's handshake: {}",
                         String::from_utf8_lossy(reply).trim_end()
                     );
@@ -1158,7 +1190,9 @@ impl Server {
                     .and_then(|value| CommandTable::from_command_reply(&value));
                 match table {
                     Ok(table) => self.proxy.commands = Some(table),
-                    Err(e) => log!("cannot read Redis's command table, so nothing is cached: {e}"),
+                    Err(e) => {
+                        log_warn!("cannot read Redis's command table, so nothing is cached: {e}")
+                    }
                 }
                 self.update_serving();
             }
@@ -1201,7 +1235,7 @@ impl Server {
         self.proxy.cache.clear();
         self.update_serving();
         if was_ready {
-            log!(
+            log_warn!(
                 "lost the connection to Redis ({}): {why}",
                 self.proxy.data[c].role
             );
@@ -1249,7 +1283,7 @@ impl Server {
     /// Logs the first failure in a row, then one in 30 (about one a minute at the backoff cap).
     fn log_connect_failure(&mut self, why: &str) {
         if self.connect_failures % 30 == 0 {
-            log!(
+            log_warn!(
                 "Redis at {} is unreachable ({} attempt(s)): {why}",
                 self.proxy.data[0].addr(),
                 self.connect_failures + 1
@@ -1386,8 +1420,8 @@ impl Server {
             ));
             return;
         }
-        log!(
-            "warning: Redis cannot track keys ({error}); caching with TTL only: \
+        log_warn!(
+            "Redis cannot track keys ({error}); caching with TTL only: \
              a GET may return a value up to --ttl old after another client changes it"
         );
         self.invalidation.turn_off(self.poll.registry(), now);
@@ -1409,7 +1443,7 @@ impl Server {
     /// set up again on a new connection.
     fn invalidation_lost(&mut self, why: &str, now: Instant) {
         if self.invalidation.is_ready() {
-            log!(
+            log_warn!(
                 "lost the invalidation connection to Redis: {why}; cache emptied until it is back"
             );
         }
@@ -1640,7 +1674,7 @@ impl Server {
         let Some(owner) = pinned.owner else {
             return;
         };
-        log!(
+        log_warn!(
             "lost a connection to Redis pinned to client {}: {why}",
             owner.id
         );
@@ -1794,7 +1828,7 @@ impl Server {
             PubsubRequest::Unsubscribe(None) | PubsubRequest::SetName => return,
         };
         let waiters = if let Value::Error(e) = reply {
-            log!(
+            log_warn!(
                 "Redis refused to subscribe to {:?}: {}",
                 String::from_utf8_lossy(&name),
                 String::from_utf8_lossy(e)
@@ -1856,7 +1890,7 @@ impl Server {
     /// subscribe again on a new connection.
     fn pubsub_lost(&mut self, why: &str, now: Instant) {
         if self.proxy.pubsub.is_ready() {
-            log!("lost the pub/sub connection to Redis: {why}; closing subscribed clients");
+            log_warn!("lost the pub/sub connection to Redis: {why}; closing subscribed clients");
         }
         let in_flight = self.proxy.pubsub.turn_off(self.poll.registry(), now);
         // With the connection gone, Redis delivers nothing more: an
@@ -2085,6 +2119,10 @@ fn execute_request(
     let arg = |i: usize| request.arg(input, i).unwrap_or_default();
     let protocol = client.protocol;
     let mut out = Vec::new();
+    if !client.authenticated && !command::allowed_before_auth(arg(0)) {
+        client.replies.push(NOAUTH);
+        return Executed::Done;
+    }
     if client.in_refused_multi {
         match command::in_refused_multi(arg(0)) {
             InRefusedMulti::Exec => {
@@ -2262,7 +2300,20 @@ fn answer_locally(
         Action::Hello {
             protocol: new_protocol,
             setname,
+            auth,
         } => {
+            // As Redis: credentials first; then nothing without them.
+            if let Some(user) = auth {
+                if !proxy.credentials_ok(Some(arg(user)), arg(user + 1)) {
+                    resp::error(out, WRONGPASS);
+                    return;
+                }
+                client.authenticated = true;
+            }
+            if !client.authenticated {
+                resp::error(out, HELLO_NOAUTH);
+                return;
+            }
             if let Some(i) = setname {
                 client.name = non_empty(arg(i));
             }
@@ -2299,6 +2350,21 @@ fn answer_locally(
             resp::simple(out, b"OK");
         }
         Action::ClientId => resp::integer(out, client.id as i64),
+        Action::Auth { user } => {
+            let password = arg(request.argc() - 1);
+            if user.is_none() && proxy.requirepass.is_none() {
+                resp::error(
+                    out,
+                    "ERR AUTH <password> called without any password configured for the \
+                     default user. Are you sure your configuration is correct?",
+                );
+            } else if proxy.credentials_ok(user.map(arg), password) {
+                client.authenticated = true;
+                resp::simple(out, b"OK");
+            } else {
+                resp::error(out, WRONGPASS);
+            }
+        }
         // As in Redis: ON is answered even after OFF; OFF and SKIP are not answered.
         Action::ClientReply(ReplyMode::On) => {
             client.reply_mode = ReplyMode::On;
@@ -2582,6 +2648,8 @@ fn reset(client: &mut Client, proxy: &mut Proxy) {
         proxy.unsubscribe(kind, &name, client.id, None);
     }
     client.in_refused_multi = false;
+    // As in Redis, RESET logs the client out when there is a password.
+    client.authenticated = proxy.requirepass.is_none();
     // RESET turns CLIENT REPLY OFF back on, and answers; a SKIP already
     // under way still swallows its answer, as in Redis.
     if client.reply_mode == ReplyMode::Off {
@@ -2696,6 +2764,19 @@ fn forward_command(target: Target<'_>, proxy: &mut Proxy, args: &[&[u8]]) {
     let c = conn(target.protocol);
     proxy.route(Route::Data(c));
     proxy.data[c].queue(entry, |out| resp::command(out, args));
+}
+
+/// Whether `a` equals `b`, in a time that depends on their lengths only,
+/// so that a client cannot find the password byte by byte by timing AUTH.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let longest = a.len().max(b.len());
+    let mut diff = (a.len() != b.len()) as u8;
+    for i in 0..longest {
+        let x = a.get(i).copied().unwrap_or(0);
+        let y = b.get(i).copied().unwrap_or(0);
+        diff |= std::hint::black_box(x ^ y);
+    }
+    diff == 0
 }
 
 /// Hands memory the allocator holds free back to the system. After a burst

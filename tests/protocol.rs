@@ -296,8 +296,6 @@ fn refused() -> Vec<(Vec<&'static str>, &'static str)> {
         v(&["MONITOR"], "monitor"),
         v(&["WAIT", "1", "0"], "wait"),
         v(&["WAITAOF", "1", "0", "0"], "waitaof"),
-        v(&["AUTH", "secret"], "auth"),
-        v(&["AUTH", "user", "secret"], "auth"),
         v(&["SYNC"], "sync"),
         v(&["PSYNC", "?", "-1"], "psync"),
         v(&["REPLCONF", "listening-port", "1"], "replconf"),

@@ -556,12 +556,17 @@ impl Sidecache {
     /// Starts sidecache with exactly the arguments `args(port)` returns,
     /// which must make it listen on 127.0.0.1:`port`.
     pub fn start_with(args: impl Fn(u16) -> Vec<String>) -> Sidecache {
+        Self::start_with_env(&[], args)
+    }
+
+    /// Like `start_with`, with these environment variables set for sidecache.
+    pub fn start_with_env(env: &[(&str, &str)], args: impl Fn(u16) -> Vec<String>) -> Sidecache {
         let dir = temp_dir("sidecache");
         let stderr_path = dir.join("stderr");
         let mut last_err = String::new();
         for _ in 0..3 {
             let port = free_port();
-            match Self::try_start(port, &args(port), &dir, &stderr_path) {
+            match Self::try_start(port, &args(port), env, &dir, &stderr_path) {
                 Ok(child) => {
                     return Sidecache {
                         port,
@@ -579,11 +584,13 @@ impl Sidecache {
     fn try_start(
         port: u16,
         args: &[String],
+        env: &[(&str, &str)],
         dir: &Path,
         stderr_path: &Path,
     ) -> Result<Child, String> {
         let mut child = Command::new(sidecache_bin())
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(File::create(dir.join("stdout")).unwrap())
             .stderr(File::create(stderr_path).unwrap())
