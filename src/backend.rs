@@ -328,7 +328,9 @@ impl<T> Backend<T> {
     }
 
     pub fn consume(&mut self, len: usize) {
-        self.input_start += len;
+        // Clamped: acting on a reply may have lost the connection (a refused
+        // login, say), emptying the input under the caller's feet.
+        self.input_start = (self.input_start + len).min(self.input_end);
         if self.input_start == self.input_end {
             self.input_start = 0;
             self.input_end = 0;
@@ -399,6 +401,60 @@ impl<T> Backend<T> {
     }
 }
 
+/// What every new connection to Redis sends first, from `--redis`: AUTH
+/// with the configured credentials, SELECT of the configured database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LoginStep {
+    Auth,
+    Select,
+}
+
+impl LoginStep {
+    pub fn command(self) -> &'static str {
+        match self {
+            LoginStep::Auth => "AUTH",
+            LoginStep::Select => "SELECT",
+        }
+    }
+}
+
+/// The credentials and database of `--redis`.
+pub struct Login {
+    /// User (the default user if `None`) and password.
+    pub auth: Option<(Option<String>, String)>,
+    pub db: u32,
+}
+
+impl Login {
+    /// Queues AUTH and SELECT as needed, `entry` making their in-flight entries.
+    pub fn queue<T>(&self, backend: &mut Backend<T>, entry: impl Fn(LoginStep) -> T) {
+        if let Some((user, password)) = &self.auth {
+            backend.queue(entry(LoginStep::Auth), |out| match user {
+                Some(user) => crate::resp::command(out, &["AUTH", user, password]),
+                None => crate::resp::command(out, &["AUTH", password]),
+            });
+        }
+        if self.db != 0 {
+            let db = self.db.to_string();
+            backend.queue(entry(LoginStep::Select), |out| {
+                crate::resp::command(out, &["SELECT", &db])
+            });
+        }
+    }
+}
+
+/// Why a connection to Redis is given up when a login step fails, for the
+/// log and for the clients' errors.
+pub fn login_refused(step: LoginStep, reply: &[u8]) -> Option<String> {
+    (reply.first() == Some(&b'-')).then(|| {
+        format!(
+            "Redis refused sidecache's {}: {}",
+            step.command(),
+            String::from_utf8_lossy(&reply[1..]).trim_end()
+        )
+    })
+}
+
 /// The reply stream cannot be trusted any more.
 #[derive(Debug)]
 pub enum Desync {
@@ -427,6 +483,23 @@ pub fn info_field<'a>(info: &'a [u8], field: &[u8]) -> Option<&'a str> {
 #[cfg(test)]
 mod tests {
     use super::info_field;
+
+    #[test]
+    fn consuming_after_a_loss_leaves_the_input_sound() {
+        let now = std::time::Instant::now();
+        let addr = "127.0.0.1:1".parse().unwrap();
+        let mut b: super::Backend<()> = super::Backend::new(
+            "test",
+            addr,
+            mio::Token(0),
+            std::time::Duration::from_secs(1),
+            now,
+        );
+        // What the server does when acting on a reply lost the connection.
+        b.consume(64);
+        assert!(!b.has_input());
+        assert_eq!(b.next_frame().ok(), Some(None));
+    }
 
     #[test]
     fn finds_the_version_in_info() {

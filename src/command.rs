@@ -23,8 +23,8 @@ pub enum Action {
     Echo,
     /// `QUIT`: +OK, then close once every owed reply is sent.
     Quit,
-    /// `SELECT 0`: the only database served.
-    SelectZero,
+    /// `SELECT n`: +OK for the database sidecache serves, refused for any other.
+    Select(i64),
     /// `HELLO [2|3] [AUTH user pass] [SETNAME name]`: switch to `protocol`
     /// if given, answer in the connection's protocol; `setname` is the
     /// name's position, `auth` the user name's (the password follows it).
@@ -64,6 +64,14 @@ pub enum Action {
     Unsubscribe(Kind),
     /// `RESET`: the connection back to its state when it opened.
     Reset,
+}
+
+/// The error that refuses `SELECT` of another database than `served`.
+pub fn select_refused(served: u32) -> String {
+    format!(
+        "ERR 'select' is not supported by sidecache: only database {served} is served \
+         (all clients share one connection to Redis)"
+    )
 }
 
 /// The error that refuses MULTI when the client cannot have a connection
@@ -194,11 +202,7 @@ fn select(db: &[u8]) -> Action {
         .and_then(|s| s.parse::<i64>().ok())
     {
         None => Action::Error("ERR value is not an integer or out of range".into()),
-        Some(0) => Action::SelectZero,
-        Some(_) => refuse(
-            b"select",
-            "only database 0 is served (all clients share one connection to Redis)",
-        ),
+        Some(n) => Action::Select(n),
     }
 }
 
@@ -389,7 +393,8 @@ mod tests {
         );
         assert_eq!(of("ECHO x"), Action::Echo);
         assert_eq!(of("QUIT"), Action::Quit);
-        assert_eq!(of("SELECT 0"), Action::SelectZero);
+        assert_eq!(of("SELECT 0"), Action::Select(0));
+        assert_eq!(of("select 3"), Action::Select(3));
         let hello = |protocol, setname| Action::Hello {
             protocol,
             setname,
@@ -481,7 +486,6 @@ mod tests {
             error_of("SELECT x"),
             "ERR value is not an integer or out of range"
         );
-        assert!(error_of("SELECT 1").starts_with("ERR 'select' is not supported by sidecache: "));
         assert_eq!(
             error_of("CLIENT"),
             "ERR wrong number of arguments for 'client' command"

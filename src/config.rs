@@ -15,7 +15,10 @@ Usage: sidecache [OPTIONS]
 
 Options:
   --listen ADDR       address to accept clients on [default: 127.0.0.1:5555]
-  --redis HOST:PORT   the backing Redis [default: 127.0.0.1:6379]
+  --redis ADDRESS     the backing Redis: HOST:PORT, or
+                      redis://[USER[:PASSWORD]@]HOST:PORT[/DB]; the password
+                      can also come from SIDECACHE_REDIS_PASSWORD
+                      [default: 127.0.0.1:6379]
   --capacity N        most keys cached, least recently used evicted first;
                       0 turns caching off [default: 10000]
   --ttl DURATION      longest time an entry is served from the cache: whole
@@ -65,7 +68,7 @@ SIGINT or SIGTERM stops sidecache after it has sent the replies it owes.
 /// What the command line asks for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Invocation {
-    Run(Config),
+    Run(Box<Config>),
     Help,
     Version,
 }
@@ -75,6 +78,10 @@ pub enum Invocation {
 pub struct Config {
     pub listen: SocketAddr,
     pub redis: SocketAddr,
+    /// What every connection to Redis authenticates with, if anything.
+    pub redis_auth: Option<RedisAuth>,
+    /// The database every connection to Redis selects (and clients may SELECT).
+    pub redis_db: u32,
     /// Most keys in the cache; 0 turns caching off.
     pub capacity: usize,
     /// Longest life of a cache entry; `None` means no expiry.
@@ -101,6 +108,22 @@ pub struct Config {
 pub use crate::log::Level as LogLevel;
 
 impl Config {
+    /// The backing Redis as `--redis` takes it, the password masked.
+    pub fn redis_description(&self) -> String {
+        match (&self.redis_auth, self.redis_db) {
+            (None, 0) => self.redis.to_string(),
+            (auth, db) => {
+                let login = match auth {
+                    None => String::new(),
+                    Some(RedisAuth { user, .. }) => {
+                        format!("{}:***@", user.as_deref().unwrap_or(""))
+                    }
+                };
+                format!("redis://{login}{}/{db}", self.redis)
+            }
+        }
+    }
+
     /// The effective configuration as one log line, every flag with its
     /// value, passwords masked.
     pub fn describe(&self) -> String {
@@ -118,7 +141,7 @@ impl Config {
              --max-clients {} --max-output {} --idle-timeout {} --max-memory {} \
              --max-value-size {} --max-pinned {} --requirepass {} --log-level {}",
             self.listen,
-            self.redis,
+            self.redis_description(),
             self.capacity,
             duration(self.ttl),
             duration(Some(self.timeout)),
@@ -138,6 +161,23 @@ impl Config {
     }
 }
 
+/// Credentials for Redis: an ACL user, or the default user when `user` is `None`.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RedisAuth {
+    pub user: Option<String>,
+    pub password: String,
+}
+
+/// Never prints the password.
+impl std::fmt::Debug for RedisAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisAuth")
+            .field("user", &self.user)
+            .field("password", &"***")
+            .finish()
+    }
+}
+
 /// Whether the cache is kept coherent by Redis's client tracking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TrackingMode {
@@ -154,6 +194,8 @@ impl Default for Config {
         Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 5555)),
             redis: SocketAddr::from(([127, 0, 0, 1], 6379)),
+            redis_auth: None,
+            redis_db: 0,
             capacity: 10_000,
             ttl: Some(Duration::from_secs(60)),
             tracking: TrackingMode::Auto,
@@ -198,6 +240,7 @@ pub fn parse_args_with_env(
         args: pico_args::Arguments::from_vec(args),
         env: &env,
     };
+    let env = &env;
     if args.args.contains(["-h", "--help"]) {
         return Ok(Invocation::Help);
     }
@@ -205,9 +248,11 @@ pub fn parse_args_with_env(
         return Ok(Invocation::Version);
     }
     let defaults = Config::default();
-    let config = Config {
+    let mut config = Config {
         listen: flag(&mut args, "--listen", parse_addr)?.unwrap_or(defaults.listen),
-        redis: flag(&mut args, "--redis", parse_addr)?.unwrap_or(defaults.redis),
+        redis: defaults.redis,
+        redis_auth: None,
+        redis_db: 0,
         capacity: flag(&mut args, "--capacity", parse_count)?.unwrap_or(defaults.capacity),
         ttl: flag(&mut args, "--ttl", parse_ttl)?.unwrap_or(defaults.ttl),
         tracking: flag(&mut args, "--tracking", parse_tracking)?.unwrap_or(defaults.tracking),
@@ -226,6 +271,23 @@ pub fn parse_args_with_env(
             .unwrap_or(defaults.requirepass),
         log_level: flag(&mut args, "--log-level", parse_log_level)?.unwrap_or(defaults.log_level),
     };
+    if let Some(target) = flag(&mut args, "--redis", parse_redis)? {
+        config.redis = target.addr;
+        config.redis_auth = target.auth;
+        config.redis_db = target.db;
+    }
+    if let Some(password) = env("SIDECACHE_REDIS_PASSWORD").filter(|p| !p.is_empty()) {
+        // The address's own password wins; this one keeps it out of `ps`.
+        match &mut config.redis_auth {
+            Some(_) => {}
+            None => {
+                config.redis_auth = Some(RedisAuth {
+                    user: None,
+                    password,
+                })
+            }
+        }
+    }
     let rest = args.args.finish();
     if let Some(first) = rest.first() {
         return Err(UsageError(format!(
@@ -233,7 +295,7 @@ pub fn parse_args_with_env(
             first.to_string_lossy()
         )));
     }
-    Ok(Invocation::Run(config))
+    Ok(Invocation::Run(Box::new(config)))
 }
 
 /// The command line, and the environment behind it.
@@ -264,6 +326,9 @@ fn flag<T>(
         UsageError(match e {
             pico_args::Error::OptionWithoutAValue(_) => format!("{name} needs a value"),
             pico_args::Error::Utf8ArgumentParsingFailed { value, cause } => {
+                // A password is not echoed back.
+                let secret = name == "--requirepass" || value.contains('@');
+                let value = if secret { "***" } else { value.as_str() };
                 format!("invalid value '{value}' for {name}: {cause}")
             }
             pico_args::Error::ArgumentParsingFailed { cause } => {
@@ -280,7 +345,7 @@ fn flag<T>(
         None => Ok(None),
         Some(value) => parse(&value).map(Some).map_err(|cause| {
             // A password is not echoed back.
-            let shown = if name == "--requirepass" {
+            let shown = if name == "--requirepass" || value.contains('@') {
                 "***"
             } else {
                 &value
@@ -314,6 +379,60 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     addrs
         .next()
         .ok_or_else(|| "the host has no address".to_string())
+}
+
+/// Where Redis is and how to log in, from `--redis`.
+struct RedisTarget {
+    addr: SocketAddr,
+    auth: Option<RedisAuth>,
+    db: u32,
+}
+
+/// `HOST:PORT`, or `redis://[USER[:PASSWORD]@]HOST:PORT[/DB]` (`redis://:PASSWORD@...`
+/// for the default user with a password).
+fn parse_redis(s: &str) -> Result<RedisTarget, String> {
+    let Some(rest) = s.strip_prefix("redis://") else {
+        return Ok(RedisTarget {
+            addr: parse_addr(s)?,
+            auth: None,
+            db: 0,
+        });
+    };
+    let (credentials, rest) = match rest.rsplit_once('@') {
+        Some((credentials, rest)) => (Some(credentials), rest),
+        None => (None, rest),
+    };
+    let (host_port, db) = match rest.split_once('/') {
+        None => (rest, 0),
+        Some((host_port, "")) => (host_port, 0),
+        Some((host_port, db)) => (
+            host_port,
+            db.parse()
+                .map_err(|_| format!("expected a database number after '/', not '{db}'"))?,
+        ),
+    };
+    let auth = match credentials {
+        None => None,
+        Some(credentials) => {
+            let (user, password) = match credentials.split_once(':') {
+                Some((user, password)) => (user, password),
+                // redis://secret@host is a password for the default user, as in redis-cli.
+                None => ("", credentials),
+            };
+            if password.is_empty() {
+                return Err("the password after ':' is empty".to_string());
+            }
+            Some(RedisAuth {
+                user: (!user.is_empty()).then(|| user.to_string()),
+                password: password.to_string(),
+            })
+        }
+    };
+    Ok(RedisTarget {
+        addr: parse_addr(host_port)?,
+        auth,
+        db,
+    })
 }
 
 fn parse_count(s: &str) -> Result<usize, String> {
@@ -405,7 +524,7 @@ mod tests {
 
     fn config(args: &[&str]) -> Config {
         match run(args) {
-            Ok(Invocation::Run(c)) => c,
+            Ok(Invocation::Run(c)) => *c,
             other => panic!("expected a config from {args:?}, got {other:?}"),
         }
     }
@@ -441,6 +560,38 @@ mod tests {
         let e = with_env(&[], &[("SIDECACHE_REQUIREPASS", "")]).unwrap_err();
         assert!(!e.0.contains("''"), "{e}");
         assert!(run(&["--log-level", "loud"]).is_err());
+    }
+
+    #[test]
+    fn redis_urls() {
+        let c = config(&["--redis", "redis://app:s3cret@127.0.0.1:6380/2"]);
+        assert_eq!(c.redis.to_string(), "127.0.0.1:6380");
+        assert_eq!(c.redis_db, 2);
+        let auth = c.redis_auth.clone().unwrap();
+        assert_eq!(
+            (auth.user.as_deref(), auth.password.as_str()),
+            (Some("app"), "s3cret")
+        );
+        assert!(!c.describe().contains("s3cret"));
+        assert!(c.describe().contains("redis://app:***@127.0.0.1:6380/2"));
+        let c = config(&["--redis", "redis://:pw@127.0.0.1:6379"]);
+        assert_eq!(c.redis_auth.unwrap().user, None);
+        let c = config(&["--redis", "redis://127.0.0.1:6379/3"]);
+        assert_eq!((c.redis_auth, c.redis_db), (None, 3));
+        assert!(run(&["--redis", "redis://127.0.0.1:6379/x"]).is_err());
+        assert!(run(&["--redis", "redis://u:@127.0.0.1:6379"]).is_err());
+        let Ok(Invocation::Run(c)) = with_env(&[], &[("SIDECACHE_REDIS_PASSWORD", "fromenv")])
+        else {
+            panic!("should parse");
+        };
+        assert_eq!(c.redis_auth.unwrap().password, "fromenv");
+        let Ok(Invocation::Run(c)) = with_env(
+            &["--redis", "redis://u:inurl@127.0.0.1:6379"],
+            &[("SIDECACHE_REDIS_PASSWORD", "fromenv")],
+        ) else {
+            panic!("should parse");
+        };
+        assert_eq!(c.redis_auth.unwrap().password, "inurl");
     }
 
     #[test]

@@ -20,7 +20,7 @@ fn main() -> ExitCode {
             println!("sidecache {}", env!("CARGO_PKG_VERSION"));
             return ExitCode::SUCCESS;
         }
-        Invocation::Run(config) => config,
+        Invocation::Run(config) => *config,
     };
     sidecache::log::set_level(config.log_level);
     sidecache::log!("configuration: {}", config.describe());

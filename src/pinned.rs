@@ -10,7 +10,7 @@
 //! be queued inside a transaction. It never reads a socket and never
 //! touches a client; the server does both.
 
-use crate::backend::Backend;
+use crate::backend::{Backend, LoginStep};
 use crate::cache::Rewrites;
 use crate::resp::Protocol;
 
@@ -35,7 +35,9 @@ pub enum PinnedRequest {
         /// spoiled by refusing a command: the client gets EXECABORT.
         aborts: bool,
     },
-    /// sidecache's own: the protocol, the name and the id of the connection.
+    /// sidecache's own: the login, the protocol, the name and the id of
+    /// the connection.
+    Login(LoginStep),
     Hello,
     SetName,
     ClientId,

@@ -23,7 +23,7 @@
 //! tracking is in use, the invalidation connection is subscribed. A GET may
 //! fill the cache only through a data connection whose reads Redis tracks.
 
-use crate::backend::{info_field, Backend, Progress};
+use crate::backend::{info_field, login_refused, Backend, Login, LoginStep, Progress};
 use crate::cache::{Cache, FillTicket, Hit, Limits, Rewrites};
 use crate::client::{Client, Phase, ReadOutcome, Replies, ReplyMode};
 use crate::command::{self, Action, InRefusedMulti, LibAttr};
@@ -114,7 +114,8 @@ enum DataRequest {
         ticket: FillTicket,
         sent_at: Instant,
     },
-    /// `HELLO 3`, first on the RESP3 data connection.
+    Login(LoginStep),
+    /// `HELLO 3`, first on the RESP3 data connection after the login.
     Hello,
     SetName,
     ServerInfo,
@@ -135,6 +136,7 @@ enum Route {
 /// sidecache's requests on the pub/sub connection: one (un)subscription each.
 #[derive(Debug)]
 enum PubsubRequest {
+    Login(LoginStep),
     SetName,
     Subscribe {
         kind: Kind,
@@ -153,6 +155,7 @@ enum PubsubRequest {
 /// sidecache's own requests on the invalidation connection.
 #[derive(Debug)]
 enum InvalidationRequest {
+    Login(LoginStep),
     SetName,
     ClientId,
     Subscribe,
@@ -207,6 +210,11 @@ struct Proxy {
     last_route: Option<Route>,
     /// `--requirepass`: the password clients must AUTH with.
     requirepass: Option<Box<[u8]>>,
+    /// AUTH and SELECT for every new connection to Redis.
+    login: Login,
+    /// Why Redis refused sidecache's login, until a login succeeds: the
+    /// clients' "backend unavailable" errors say it.
+    login_error: Option<String>,
     /// Per data connection: GET misses in flight that later GETs of the
     /// same key share, by key, oldest first.
     coalesced: [HashMap<Box<[u8]>, Vec<Coalesced>>; 2],
@@ -225,6 +233,21 @@ struct Coalesced {
 }
 
 impl Proxy {
+    /// The error for a request Redis cannot be asked now, with the reason
+    /// when Redis refused sidecache's login.
+    fn unavailable_message(&self) -> String {
+        match &self.login_error {
+            None => "ERR backend unavailable".to_string(),
+            Some(why) => format!("ERR backend unavailable: {why}"),
+        }
+    }
+
+    fn unavailable(&self) -> Vec<u8> {
+        let mut out = Vec::new();
+        resp::error(&mut out, &self.unavailable_message());
+        out
+    }
+
     /// Whether `user` (the default user when `None`) with `password` may
     /// use sidecache: the default user with `--requirepass`, or with any
     /// password when there is none, as Redis's default user. The password
@@ -271,7 +294,7 @@ impl Proxy {
     /// the client's reply.
     fn pin(&mut self, owner: Owner, protocol: Protocol, now: Instant) -> Result<usize, String> {
         if !self.data[0].accepts_requests() {
-            return Err("ERR backend unavailable".into());
+            return Err(self.unavailable_message());
         }
         let p = match self.pooled(now) {
             Some(p) => p,
@@ -287,8 +310,9 @@ impl Proxy {
                 let token = Token(FIRST_PINNED + entry.key());
                 let mut backend = Backend::new("pinned", self.redis, token, self.timeout, now);
                 if backend.connect(&self.registry, now).is_err() {
-                    return Err("ERR backend unavailable".into());
+                    return Err(self.unavailable_message());
                 }
+                self.login.queue(&mut backend, PinnedRequest::Login);
                 backend.queue(PinnedRequest::SetName, |out| {
                     resp::command(
                         out,
@@ -375,6 +399,7 @@ impl Proxy {
                 pubsub.turn_off(&self.registry, now);
                 return false;
             }
+            self.login.queue(pubsub, PubsubRequest::Login);
             pubsub.queue(PubsubRequest::SetName, |out| {
                 resp::command(
                     out,
@@ -407,7 +432,7 @@ impl Proxy {
         if data.is_off() {
             data.turn_on(now);
             if data.connect(&self.registry, now).is_ok() {
-                data_handshake(data, protocol);
+                data_handshake(data, protocol, &self.login);
                 self.opened = Some(protocol);
             }
         }
@@ -528,6 +553,14 @@ impl Server {
                     .requirepass
                     .as_deref()
                     .map(|p| Box::from(p.as_bytes())),
+                login: Login {
+                    auth: config
+                        .redis_auth
+                        .as_ref()
+                        .map(|a| (a.user.clone(), a.password.clone())),
+                    db: config.redis_db,
+                },
+                login_error: None,
             },
             invalidation,
             tracking: Tracking {
@@ -1166,6 +1199,12 @@ impl Server {
                     self.fill_slot(key, id, seq, get_reply);
                 }
             }
+            DataRequest::Login(step) => {
+                if let Some(why) = login_refused(step, reply) {
+                    self.proxy.login_error = Some(why.clone());
+                    self.data_lost(protocol, &why, now);
+                }
+            }
             DataRequest::Hello => {
                 if reply.first() == Some(&b'-') {
                     let error = String::from_utf8_lossy(reply).trim_end().to_string();
@@ -1182,6 +1221,7 @@ impl Server {
                     );
                 } else {
                     self.proxy.data[c].reset_backoff();
+                    self.proxy.login_error = None;
                 }
             }
             DataRequest::CommandTable => {
@@ -1243,15 +1283,16 @@ impl Server {
         } else {
             self.log_connect_failure(why);
         }
+        let unavailable = self.proxy.unavailable();
         for request in failed {
             if let DataRequest::Client { key, id, seq, .. } = request {
-                self.fill_slot(key, id, seq, BACKEND_UNAVAILABLE);
+                self.fill_slot(key, id, seq, &unavailable);
             }
         }
         let coalesced = std::mem::take(&mut self.proxy.coalesced[c]);
         for waiter in coalesced.into_values().flatten().flat_map(|co| co.waiters) {
             let (key, id, seq) = waiter;
-            self.fill_slot(key, id, seq, BACKEND_UNAVAILABLE);
+            self.fill_slot(key, id, seq, &unavailable);
         }
     }
 
@@ -1360,6 +1401,7 @@ impl Server {
     /// subscription to the invalidation channel.
     fn invalidation_handshake(&mut self) {
         let conn = &mut self.invalidation;
+        self.proxy.login.queue(conn, InvalidationRequest::Login);
         conn.queue(InvalidationRequest::SetName, |out| {
             resp::command(
                 out,
@@ -1382,12 +1424,20 @@ impl Server {
         if let Value::Error(e) = &reply {
             match request {
                 InvalidationRequest::SetName => {}
+                InvalidationRequest::Login(step) => {
+                    let why = format!(
+                        "Redis refused sidecache's {}: {}",
+                        step.command(),
+                        String::from_utf8_lossy(e)
+                    );
+                    self.invalidation_lost(&why, now);
+                }
                 _ => self.tracking_refused(e, now),
             }
             return;
         }
         match request {
-            InvalidationRequest::SetName => {}
+            InvalidationRequest::SetName | InvalidationRequest::Login(_) => {}
             InvalidationRequest::ClientId => self.tracking.client_id = reply.as_integer(),
             InvalidationRequest::Subscribe => {
                 self.tracking.subscribed = true;
@@ -1608,6 +1658,13 @@ impl Server {
                 }
             }
             PinnedRequest::SetName => {}
+            PinnedRequest::Login(step) => {
+                if let Some(why) = login_refused(step, pinned.backend.reply(len)) {
+                    self.proxy.login_error = Some(why.clone());
+                    self.pinned_lost(p, &why, now);
+                    return;
+                }
+            }
             PinnedRequest::ClientId => {
                 let id = resp::parse_value(pinned.backend.reply(len));
                 pinned.redis_id = id.ok().and_then(|v| v.as_integer());
@@ -1825,6 +1882,18 @@ impl Server {
                 self.fill_slot(waiter.key, waiter.id, waiter.seq, &waiter.ack);
                 return;
             }
+            PubsubRequest::Login(step) => {
+                if let Value::Error(e) = reply {
+                    let why = format!(
+                        "Redis refused sidecache's {}: {}",
+                        step.command(),
+                        String::from_utf8_lossy(e)
+                    );
+                    self.proxy.login_error = Some(why.clone());
+                    self.pubsub_lost(&why, Instant::now());
+                }
+                return;
+            }
             PubsubRequest::Unsubscribe(None) | PubsubRequest::SetName => return,
         };
         let waiters = if let Value::Error(e) = reply {
@@ -1956,7 +2025,7 @@ impl Server {
                 Some(due) if now >= due && !stopping => {
                     match data.connect(self.poll.registry(), now) {
                         Ok(()) => {
-                            data_handshake(data, protocol);
+                            data_handshake(data, protocol, &self.proxy.login);
                             self.enable_tracking_on(protocol);
                         }
                         Err(e) => self.log_connect_failure(&e.to_string()),
@@ -2296,7 +2365,8 @@ fn answer_locally(
             resp::simple(out, b"OK");
             client.phase = Phase::Draining;
         }
-        Action::SelectZero => resp::simple(out, b"OK"),
+        Action::Select(db) if db == i64::from(proxy.login.db) => resp::simple(out, b"OK"),
+        Action::Select(_) => resp::error(out, &command::select_refused(proxy.login.db)),
         Action::Hello {
             protocol: new_protocol,
             setname,
@@ -2417,7 +2487,7 @@ fn execute_pinned(
             | Action::Transaction
             | Action::Blocking
             | Action::Reset
-    ) || (in_multi && action == Action::SelectZero);
+    ) || (in_multi && action == Action::Select(i64::from(proxy.login.db)));
     if runs_on_redis {
         if action == Action::Reset {
             reset(client, proxy);
@@ -2461,7 +2531,7 @@ fn forward_pinned(
     let input = client.input.pending();
     let arg = |i: usize| request.arg(input, i).unwrap_or_default();
     if !proxy.pinned[p].backend.accepts_requests() {
-        client.replies.push(BACKEND_UNAVAILABLE);
+        client.replies.push(&proxy.unavailable());
         return;
     }
     let step = Step::of(arg(0));
@@ -2541,7 +2611,7 @@ fn subscribe(
 ) {
     let input = client.input.pending();
     if !proxy.open_pubsub(now) {
-        client.replies.push(BACKEND_UNAVAILABLE);
+        client.replies.push(&proxy.unavailable());
         return;
     }
     for i in 1..request.argc() {
@@ -2703,7 +2773,7 @@ fn forward(
 ) {
     let c = conn(target.protocol);
     if !proxy.data[c].accepts_requests() {
-        target.replies.push(BACKEND_UNAVAILABLE);
+        target.replies.push(&proxy.unavailable());
         return;
     }
     let seq = target.replies.reserve();
@@ -2806,7 +2876,8 @@ fn idle_check_interval(idle: Duration) -> Duration {
 /// Queues what every new data connection starts with, ahead of any client
 /// request: the protocol, its name, the server's version and the command
 /// table. Tracking follows once the invalidation connection is ready.
-fn data_handshake(data: &mut Backend<DataRequest>, protocol: Protocol) {
+fn data_handshake(data: &mut Backend<DataRequest>, protocol: Protocol, login: &Login) {
+    login.queue(data, DataRequest::Login);
     let name = match protocol {
         Protocol::Resp2 => tracking::DATA_CONNECTION_NAME,
         Protocol::Resp3 => tracking::DATA_RESP3_CONNECTION_NAME,
