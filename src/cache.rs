@@ -146,6 +146,9 @@ pub struct Cache {
     next_ticket: u64,
     /// Tickets below this were voided by a clear.
     valid_from: u64,
+    /// Entries evicted to make room, and found expired, since start.
+    pub evicted: u64,
+    pub expired: u64,
 }
 
 impl Cache {
@@ -160,6 +163,8 @@ impl Cache {
             fills: HashMap::new(),
             next_ticket: 0,
             valid_from: 0,
+            evicted: 0,
+            expired: 0,
         }
     }
 
@@ -204,6 +209,7 @@ impl Cache {
         let expired = now_ms >= entries.get(key)?.stamp;
         if expired {
             self.remove(key);
+            self.expired += 1;
             return None;
         }
         // Found and not expired above; `get` again only to return the borrow.
@@ -320,6 +326,7 @@ impl Cache {
         {
             if let Some((key_len, reply_len)) = entries.pop_lru() {
                 self.used -= entry_size(key_len, reply_len);
+                self.evicted += 1;
             }
         }
     }

@@ -118,6 +118,13 @@ impl Client {
             && self.replies.unsent() < OUTPUT_HIGH_WATER
     }
 
+    /// Whether reading is paused because the client is at a limit: too
+    /// many replies owed, or too much output unsent.
+    pub fn is_paused_at_a_limit(&self) -> bool {
+        self.replies.slots.len() >= MAX_PENDING_REPLIES
+            || self.replies.unsent() >= OUTPUT_HIGH_WATER
+    }
+
     /// Switches the protocol of the replies to come.
     pub fn switch_protocol(&mut self, protocol: Protocol) {
         self.protocol = protocol;

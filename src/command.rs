@@ -64,6 +64,8 @@ pub enum Action {
     Unsubscribe(Kind),
     /// `RESET`: the connection back to its state when it opened.
     Reset,
+    /// `INFO [section ...]`: sidecache's own, in Redis's format.
+    Info,
 }
 
 /// The error that refuses `SELECT` of another database than `served`.
@@ -168,6 +170,7 @@ pub fn classify<'a>(argc: usize, arg: impl Fn(usize) -> &'a [u8]) -> Action {
         b"AUTH" if argc > 3 => Action::Error("ERR syntax error".into()),
         b"AUTH" => arity_error(),
         b"RESET" if argc == 1 => Action::Reset,
+        b"INFO" => Action::Info,
         b"RESET" => arity_error(),
         b"SYNC" | b"PSYNC" | b"REPLCONF" => refuse(arg(0), "replication is not proxied"),
         _ => Action::Forward,
@@ -565,6 +568,7 @@ mod tests {
             "ERR wrong number of arguments for 'subscribe' command"
         );
         assert_eq!(of("RESET"), Action::Reset);
+        assert_eq!(of("info stats"), Action::Info);
     }
 
     #[test]
@@ -591,7 +595,6 @@ mod tests {
             "INCR n",
             "COMMAND DOCS",
             "CONFIG GET save",
-            "INFO",
             "XREAD COUNT 1 STREAMS block 0",
             "NOSUCHCOMMAND",
             "AVERYVERYLONGCOMMANDNAMEINDEED",

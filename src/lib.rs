@@ -40,4 +40,5 @@ pub mod pinned;
 pub mod pubsub;
 pub mod resp;
 pub mod server;
+pub mod stats;
 pub mod tracking;

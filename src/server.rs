@@ -33,6 +33,7 @@ use crate::pinned::{Owner, Pinned, PinnedRequest, Step, EXECABORT};
 use crate::pubsub::{self, Channels, Kind, Subscribed, Waiter};
 use crate::resp::Protocol;
 use crate::resp::{self, Request, Value};
+use crate::stats;
 use crate::tracking::{self, Incoming};
 use crate::{log, log_debug, log_warn};
 use anyhow::{anyhow, Context};
@@ -210,6 +211,9 @@ struct Proxy {
     last_route: Option<Route>,
     /// `--requirepass`: the password clients must AUTH with.
     requirepass: Option<Box<[u8]>>,
+    /// What INFO reports.
+    counters: stats::Counters,
+    cache_max_memory: usize,
     /// AUTH and SELECT for every new connection to Redis.
     login: Login,
     /// Why Redis refused sidecache's login, until a login succeeds: the
@@ -473,6 +477,8 @@ pub struct Server {
     next_idle_check: Option<Instant>,
     /// When to hand freed memory back to the system next.
     next_trim: Instant,
+    /// When sidecache started, for INFO's uptime.
+    started: Instant,
 }
 
 /// The limits on each client, from the command line.
@@ -561,6 +567,8 @@ impl Server {
                     db: config.redis_db,
                 },
                 login_error: None,
+                counters: stats::Counters::default(),
+                cache_max_memory: config.max_memory,
             },
             invalidation,
             tracking: Tracking {
@@ -591,6 +599,7 @@ impl Server {
                 .idle_timeout
                 .map(|idle| now + idle_check_interval(idle)),
             next_trim: now + TRIM_INTERVAL,
+            started: now,
         })
     }
 
@@ -775,7 +784,9 @@ impl Server {
                     return;
                 }
             };
+            self.proxy.counters.connections_received += 1;
             if self.clients.len() >= self.limits.max_clients {
+                self.proxy.counters.rejected_connections += 1;
                 // Best effort, as Redis does: the socket is new, so the
                 // short error fits in its send buffer.
                 let _ = std::io::Write::write(&mut stream, MAX_CLIENTS_REACHED);
@@ -875,22 +886,36 @@ impl Server {
         {
             self.read_pubsub(now);
         }
-        let Some(client) = self.clients.get_mut(key) else {
-            return;
-        };
         let mut replied = false;
-        while client.can_take_more() {
+        loop {
+            let Some(client) = self.clients.get_mut(key) else {
+                return;
+            };
+            if !client.can_take_more() {
+                break;
+            }
             match client.input.next_request() {
                 Ok(Some(request)) => {
                     client.last_activity = now;
+                    self.proxy.counters.commands_processed += 1;
                     if request.argc() > 0 {
                         match execute(client, key, &request, &mut self.proxy, now) {
                             Executed::Done => replied = true,
                             // Parsed again once the client's owed replies are in.
                             Executed::Wait => break,
+                            Executed::Info { sections, silent } => {
+                                let text = self.info_text(&sections, now);
+                                let client = &mut self.clients[key];
+                                client.replies.silent = silent;
+                                let mut out = Vec::new();
+                                resp::bulk(&mut out, text.as_bytes());
+                                client.replies.push(&out);
+                                client.replies.silent = false;
+                                replied = true;
+                            }
                         }
                     }
-                    client.input.consume(request.consumed);
+                    self.clients[key].input.consume(request.consumed);
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -899,6 +924,7 @@ impl Server {
                     resp::error(&mut out, &format!("ERR {e}"));
                     client.replies.push(&out);
                     client.phase = Phase::Draining;
+                    self.proxy.counters.protocol_errors += 1;
                     replied = true;
                     break;
                 }
@@ -910,6 +936,64 @@ impl Server {
         if replied {
             self.queue_flush(key);
         }
+    }
+
+    /// INFO's text: sidecache's counters and state, in Redis's format.
+    fn info_text(&self, sections: &[Box<[u8]>], now: Instant) -> String {
+        let data = &self.proxy.data[0];
+        let backend_state = if data.is_ready() {
+            "up"
+        } else if data.is_connecting() {
+            "connecting"
+        } else if data.is_off() {
+            "off"
+        } else {
+            "down"
+        };
+        let tracking = if !self.tracking.wanted() {
+            "off"
+        } else if self.tracking.on.contains(&true) {
+            "on"
+        } else {
+            "setting up"
+        };
+        let clients = self.clients.iter().map(|(_, c)| c);
+        let snapshot = stats::Snapshot {
+            counters: self.proxy.counters.clone(),
+            sidecache_version: env!("CARGO_PKG_VERSION"),
+            redis_version: self.proxy.redis_version.clone(),
+            process_id: std::process::id(),
+            listen: self.local_addr.to_string(),
+            tcp_port: self.local_addr.port(),
+            uptime_seconds: now.saturating_duration_since(self.started).as_secs(),
+            connected_clients: self.clients.len(),
+            blocked_clients: self
+                .proxy
+                .pinned
+                .iter()
+                .filter(|(_, p)| p.owner.is_some() && p.backend.has_untimed())
+                .count(),
+            clients_waiting_on_backpressure: clients
+                .clone()
+                .filter(|c| c.phase == Phase::Open && c.is_paused_at_a_limit())
+                .count(),
+            pubsub_clients: clients.filter(|c| c.subscriptions.any()).count(),
+            max_clients: self.limits.max_clients,
+            cache_bytes: self.proxy.cache.memory(),
+            cache_entries: self.proxy.cache.len(),
+            max_memory: self.proxy.cache_max_memory,
+            rss_bytes: resident_set_size(),
+            evicted_keys: self.proxy.cache.evicted,
+            expired_keys: self.proxy.cache.expired,
+            backend_address: self.proxy.data[0].addr().to_string(),
+            backend_state,
+            tracking,
+            cache_serving: self.proxy.cache.is_serving(),
+            requests_in_flight: self.proxy.data.iter().map(Backend::in_flight).sum(),
+            pinned_connections: self.proxy.pinned.len(),
+        };
+        let sections: Vec<&[u8]> = sections.iter().map(|s| &s[..]).collect();
+        stats::info(&snapshot, &sections)
     }
 
     /// Marks the client as having output to write at the end of the turn.
@@ -1275,6 +1359,7 @@ impl Server {
         self.proxy.cache.clear();
         self.update_serving();
         if was_ready {
+            self.proxy.counters.backend_reconnects += 1;
             log_warn!(
                 "lost the connection to Redis ({}): {why}",
                 self.proxy.data[c].role
@@ -1369,11 +1454,15 @@ impl Server {
                 self.invalidation.consume(len);
                 match frame.map(tracking::classify) {
                     Ok(Incoming::Invalidate(keys)) => {
+                        self.proxy.counters.invalidations += keys.len() as u64;
                         for key in keys {
                             self.proxy.cache.invalidate(&key);
                         }
                     }
-                    Ok(Incoming::InvalidateAll) => self.proxy.cache.clear(),
+                    Ok(Incoming::InvalidateAll) => {
+                        self.proxy.counters.invalidations += 1;
+                        self.proxy.cache.clear();
+                    }
                     Ok(Incoming::Reply(reply)) => match self.invalidation.pop_in_flight() {
                         Ok(request) => self.invalidation_reply(request, reply, now),
                         Err(desync) => {
@@ -1493,6 +1582,7 @@ impl Server {
     /// set up again on a new connection.
     fn invalidation_lost(&mut self, why: &str, now: Instant) {
         if self.invalidation.is_ready() {
+            self.proxy.counters.backend_reconnects += 1;
             log_warn!(
                 "lost the invalidation connection to Redis: {why}; cache emptied until it is back"
             );
@@ -1731,6 +1821,7 @@ impl Server {
         let Some(owner) = pinned.owner else {
             return;
         };
+        self.proxy.counters.backend_reconnects += 1;
         log_warn!(
             "lost a connection to Redis pinned to client {}: {why}",
             owner.id
@@ -1959,6 +2050,7 @@ impl Server {
     /// subscribe again on a new connection.
     fn pubsub_lost(&mut self, why: &str, now: Instant) {
         if self.proxy.pubsub.is_ready() {
+            self.proxy.counters.backend_reconnects += 1;
             log_warn!("lost the pub/sub connection to Redis: {why}; closing subscribed clients");
         }
         let in_flight = self.proxy.pubsub.turn_off(self.poll.registry(), now);
@@ -2149,6 +2241,11 @@ fn fill_expiry(
 enum Executed {
     /// Answered, served or queued: the request is used up.
     Done,
+    /// `INFO`: the server answers it, as only it sees every client.
+    Info {
+        sections: Vec<Box<[u8]>>,
+        silent: bool,
+    },
     /// It must go to another connection than the replies the client is
     /// still owed: it waits, unread, until they have arrived.
     Wait,
@@ -2167,7 +2264,10 @@ fn execute(
     if mode == ReplyMode::SkipNext {
         client.reply_mode = ReplyMode::On;
     }
-    let executed = execute_request(client, key, request, proxy, now);
+    let mut executed = execute_request(client, key, request, proxy, now);
+    if let Executed::Info { silent, .. } = &mut executed {
+        *silent = client.replies.silent;
+    }
     client.replies.silent = false;
     if let Executed::Wait = executed {
         client.reply_mode = mode;
@@ -2189,6 +2289,7 @@ fn execute_request(
     let protocol = client.protocol;
     let mut out = Vec::new();
     if !client.authenticated && !command::allowed_before_auth(arg(0)) {
+        proxy.counters.refused_commands += 1;
         client.replies.push(NOAUTH);
         return Executed::Done;
     }
@@ -2253,6 +2354,7 @@ fn execute_request(
     match action {
         Action::Get => {
             if let Some(hit) = proxy.cache.get(arg(1), now) {
+                proxy.counters.keyspace_hits += 1;
                 // One entry serves both protocols: only a nil is spelled differently.
                 match hit {
                     Hit::Value(value) => client.replies.push_bulk(value),
@@ -2265,9 +2367,11 @@ fn execute_request(
                 .get_mut(arg(1))
                 .and_then(|pending| pending.last_mut())
                 .filter(|last| proxy.cache.fill_is_valid(arg(1), last.ticket));
+            proxy.counters.keyspace_misses += 1;
             if let Some(last) = joinable {
                 last.waiters
                     .push((key, client.id, client.replies.reserve()));
+                proxy.counters.coalesced_gets += 1;
                 return Executed::Done;
             }
             let target = Target::new(&mut client.replies, key, client.id, protocol);
@@ -2318,6 +2422,7 @@ fn execute_request(
         }
         Action::Subscribe(kind) => subscribe(client, key, request, kind, proxy, now),
         Action::Unsubscribe(kind) => unsubscribe(client, key, request, kind, proxy),
+        Action::Info => return info_request(request, input),
         Action::Reset => {
             reset(client, proxy);
             resp::simple(&mut out, b"RESET");
@@ -2447,7 +2552,10 @@ fn answer_locally(
                 client.reply_mode = ReplyMode::SkipNext;
             }
         }
-        Action::Error(message) => resp::error(out, &message),
+        Action::Error(message) => {
+            proxy.counters.refused_commands += 1;
+            resp::error(out, &message);
+        }
         // Handled by the caller.
         Action::Get
         | Action::Forward
@@ -2456,6 +2564,7 @@ fn answer_locally(
         | Action::Subscribe(_)
         | Action::Unsubscribe(_)
         | Action::Reset
+        | Action::Info
         | Action::ClientUnblock => resp::error(out, "ERR internal error: request misrouted"),
     }
 }
@@ -2514,10 +2623,22 @@ fn execute_pinned(
         }
         Action::Subscribe(kind) => subscribe(client, key, request, kind, proxy, now),
         Action::Unsubscribe(kind) => unsubscribe(client, key, request, kind, proxy),
+        Action::Info => return info_request(request, input),
         other => answer_locally(client, request, other, proxy, &mut out, now),
     }
     client.replies.push(&out);
     Executed::Done
+}
+
+/// INFO's sections, for the server to answer.
+fn info_request(request: &Request, input: &[u8]) -> Executed {
+    let sections = (1..request.argc())
+        .map(|i| Box::from(request.arg(input, i).unwrap_or_default()))
+        .collect();
+    Executed::Info {
+        sections,
+        silent: false,
+    }
 }
 
 /// Queues a request verbatim on the client's pinned connection.
@@ -2847,6 +2968,14 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         diff |= std::hint::black_box(x ^ y);
     }
     diff == 0
+}
+
+/// This process's resident memory, from /proc (Linux), in bytes.
+fn resident_set_size() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
 }
 
 /// Hands memory the allocator holds free back to the system. After a burst
