@@ -10,12 +10,11 @@
 //! order, and the queue starts empty. This module never looks inside a
 //! client and never decides what a reply means.
 
+use crate::net::{Address, Stream};
 use crate::resp::{FrameError, ReplyFramer};
-use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const BACKOFF_MIN: Duration = Duration::from_millis(50);
@@ -34,18 +33,15 @@ pub enum State {
     /// Not connected; the next attempt is due at `retry_at`.
     Down { retry_at: Instant },
     /// A non-blocking connect is under way; requests queue meanwhile.
-    Connecting {
-        stream: TcpStream,
-        deadline: Instant,
-    },
+    Connecting { stream: Stream, deadline: Instant },
     /// Connected: queued requests are written as the socket allows.
-    Ready { stream: TcpStream },
+    Ready { stream: Stream },
 }
 
 pub struct Backend<T> {
     /// Which connection this is, for log lines.
     pub role: &'static str,
-    addr: SocketAddr,
+    addr: Address,
     token: Token,
     pub state: State,
     /// Requests not yet written; `sent` bytes of it have been.
@@ -85,7 +81,7 @@ impl<T> Backend<T> {
     /// A connection that will connect to `addr` on the first `connect`.
     pub fn new(
         role: &'static str,
-        addr: SocketAddr,
+        addr: Address,
         token: Token,
         timeout: Duration,
         now: Instant,
@@ -113,8 +109,8 @@ impl<T> Backend<T> {
         self.timeout
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+    pub fn addr(&self) -> &Address {
+        &self.addr
     }
 
     /// Whether a request queued now will be sent (at once, or once the connect finishes).
@@ -142,7 +138,7 @@ impl<T> Backend<T> {
     /// On failure the connection is `Down` again with a longer backoff.
     pub fn connect(&mut self, registry: &Registry, now: Instant) -> io::Result<()> {
         debug_assert!(self.in_flight.is_empty());
-        let mut stream = match TcpStream::connect(self.addr) {
+        let mut stream = match Stream::connect(&self.addr) {
             Ok(stream) => stream,
             Err(e) => {
                 self.schedule_retry(now);
@@ -174,12 +170,10 @@ impl<T> Backend<T> {
         if let Some(e) = stream.take_error()? {
             return Err(e);
         }
-        match stream.peer_addr() {
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::NotConnected => return Ok(Progress::Unchanged),
-            Err(e) => return Err(e),
+        if !stream.is_connected()? {
+            return Ok(Progress::Unchanged);
         }
-        let _ = stream.set_nodelay(true);
+        stream.set_nodelay();
         let State::Connecting { stream, .. } = std::mem::replace(
             &mut self.state,
             State::Down {
@@ -487,7 +481,7 @@ mod tests {
     #[test]
     fn consuming_after_a_loss_leaves_the_input_sound() {
         let now = std::time::Instant::now();
-        let addr = "127.0.0.1:1".parse().unwrap();
+        let addr = crate::net::Address::Tcp("127.0.0.1:1".parse().unwrap());
         let mut b: super::Backend<()> = super::Backend::new(
             "test",
             addr,

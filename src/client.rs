@@ -6,9 +6,9 @@
 //! gone out. This module never decides what a request means and never
 //! talks to Redis; the server does both.
 
+use crate::net::Stream;
 use crate::pubsub::ClientSubscriptions;
 use crate::resp::{Protocol, ProtocolError, Request, RequestParser};
-use mio::net::TcpStream;
 use mio::{Interest, Registry, Token};
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -39,7 +39,7 @@ pub enum Phase {
 }
 
 pub struct Client {
-    pub stream: TcpStream,
+    pub stream: Stream,
     /// Unique for the life of the process, so it doubles as the generation
     /// that tells a reused slab slot from the client that held it before.
     pub id: u64,
@@ -82,7 +82,7 @@ pub struct Client {
 }
 
 impl Client {
-    pub fn new(stream: TcpStream, id: u64) -> Self {
+    pub fn new(stream: Stream, id: u64) -> Self {
         Client {
             stream,
             id,
@@ -253,7 +253,7 @@ impl Input {
         }
     }
 
-    fn read_from(&mut self, stream: &mut TcpStream, scratch: &mut [u8]) -> io::Result<usize> {
+    fn read_from(&mut self, stream: &mut Stream, scratch: &mut [u8]) -> io::Result<usize> {
         let n = stream.read(scratch)?;
         // Move the partial request to the front before growing, so a
         // long-lived connection does not creep forward through memory.

@@ -4,8 +4,10 @@
 //! error names the flag or value at fault, so `main` can print one line and
 //! exit with status 2.
 
+use crate::net::Address;
 use std::ffi::OsString;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 pub const HELP: &str = "\
@@ -14,8 +16,12 @@ sidecache: a read-caching sidecar proxy for Redis
 Usage: sidecache [OPTIONS]
 
 Options:
-  --listen ADDR       address to accept clients on [default: 127.0.0.1:5555]
-  --redis ADDRESS     the backing Redis: HOST:PORT, or
+  --listen ADDR       address to accept clients on: HOST:PORT or
+                      unix:/path/to.sock [default: 127.0.0.1:5555]
+  --unix-mode MODE    permissions of the Unix socket file, in octal such as
+                      0660 [default: as the umask leaves them]
+  --redis ADDRESS     the backing Redis: HOST:PORT, unix:/path/to.sock,
+                      unix:///path/to.sock?db=N, or
                       redis://[USER[:PASSWORD]@]HOST:PORT[/DB]; the password
                       can also come from SIDECACHE_REDIS_PASSWORD
                       [default: 127.0.0.1:6379]
@@ -76,8 +82,10 @@ pub enum Invocation {
 /// Everything the server needs to know to run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Config {
-    pub listen: SocketAddr,
-    pub redis: SocketAddr,
+    pub listen: Address,
+    /// Permissions of the listening Unix socket's file.
+    pub unix_mode: Option<u32>,
+    pub redis: Address,
     /// What every connection to Redis authenticates with, if anything.
     pub redis_auth: Option<RedisAuth>,
     /// The database every connection to Redis selects (and clients may SELECT).
@@ -119,7 +127,10 @@ impl Config {
                         format!("{}:***@", user.as_deref().unwrap_or(""))
                     }
                 };
-                format!("redis://{login}{}/{db}", self.redis)
+                match &self.redis {
+                    Address::Unix(path) => format!("unix://{}?db={db}", path.display()),
+                    Address::Tcp(addr) => format!("redis://{login}{addr}/{db}"),
+                }
             }
         }
     }
@@ -137,10 +148,14 @@ impl Config {
             TrackingMode::Off => "off",
         };
         format!(
-            "--listen {} --redis {} --capacity {} --ttl {} --tracking {tracking} --timeout {} \
+            "--listen {}{} --redis {} --capacity {} --ttl {} --tracking {tracking} --timeout {} \
              --max-clients {} --max-output {} --idle-timeout {} --max-memory {} \
              --max-value-size {} --max-pinned {} --requirepass {} --log-level {}",
             self.listen,
+            match self.unix_mode {
+                Some(mode) => format!(" --unix-mode {mode:04o}"),
+                None => String::new(),
+            },
             self.redis_description(),
             self.capacity,
             duration(self.ttl),
@@ -192,8 +207,9 @@ pub enum TrackingMode {
 impl Default for Config {
     fn default() -> Self {
         Config {
-            listen: SocketAddr::from(([127, 0, 0, 1], 5555)),
-            redis: SocketAddr::from(([127, 0, 0, 1], 6379)),
+            listen: Address::Tcp(SocketAddr::from(([127, 0, 0, 1], 5555))),
+            unix_mode: None,
+            redis: Address::Tcp(SocketAddr::from(([127, 0, 0, 1], 6379))),
             redis_auth: None,
             redis_db: 0,
             capacity: 10_000,
@@ -249,7 +265,8 @@ pub fn parse_args_with_env(
     }
     let defaults = Config::default();
     let mut config = Config {
-        listen: flag(&mut args, "--listen", parse_addr)?.unwrap_or(defaults.listen),
+        listen: flag(&mut args, "--listen", parse_address)?.unwrap_or(defaults.listen),
+        unix_mode: flag(&mut args, "--unix-mode", parse_mode)?.unwrap_or(defaults.unix_mode),
         redis: defaults.redis,
         redis_auth: None,
         redis_db: 0,
@@ -383,7 +400,7 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 
 /// Where Redis is and how to log in, from `--redis`.
 struct RedisTarget {
-    addr: SocketAddr,
+    addr: Address,
     auth: Option<RedisAuth>,
     db: u32,
 }
@@ -391,9 +408,25 @@ struct RedisTarget {
 /// `HOST:PORT`, or `redis://[USER[:PASSWORD]@]HOST:PORT[/DB]` (`redis://:PASSWORD@...`
 /// for the default user with a password).
 fn parse_redis(s: &str) -> Result<RedisTarget, String> {
+    if let Some(rest) = s.strip_prefix("unix://") {
+        // unix:///path/to.sock?db=N
+        let (path, query) = rest.split_once('?').unwrap_or((rest, ""));
+        let db = match query.strip_prefix("db=") {
+            Some(db) => db
+                .parse()
+                .map_err(|_| format!("expected a database number after 'db=', not '{db}'"))?,
+            None if query.is_empty() => 0,
+            None => return Err(format!("unknown option '{query}' (db=N is the one known)")),
+        };
+        return Ok(RedisTarget {
+            addr: unix_path(path)?,
+            auth: None,
+            db,
+        });
+    }
     let Some(rest) = s.strip_prefix("redis://") else {
         return Ok(RedisTarget {
-            addr: parse_addr(s)?,
+            addr: parse_address(s)?,
             auth: None,
             db: 0,
         });
@@ -429,10 +462,34 @@ fn parse_redis(s: &str) -> Result<RedisTarget, String> {
         }
     };
     Ok(RedisTarget {
-        addr: parse_addr(host_port)?,
+        addr: Address::Tcp(parse_addr(host_port)?),
         auth,
         db,
     })
+}
+
+/// `HOST:PORT` or `unix:/path/to.sock`.
+fn parse_address(s: &str) -> Result<Address, String> {
+    match s.strip_prefix("unix:") {
+        Some(path) => unix_path(path),
+        None => parse_addr(s).map(Address::Tcp),
+    }
+}
+
+fn unix_path(path: &str) -> Result<Address, String> {
+    if path.is_empty() {
+        return Err("expected a socket path after 'unix:'".to_string());
+    }
+    Ok(Address::Unix(PathBuf::from(path)))
+}
+
+/// Permissions in octal, such as 0660 or 770.
+fn parse_mode(s: &str) -> Result<Option<u32>, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|&m| m <= 0o777)
+        .map(Some)
+        .ok_or_else(|| "expected permissions in octal, such as 0660".to_string())
 }
 
 fn parse_count(s: &str) -> Result<usize, String> {
@@ -592,6 +649,36 @@ mod tests {
             panic!("should parse");
         };
         assert_eq!(c.redis_auth.unwrap().password, "inurl");
+    }
+
+    #[test]
+    fn unix_sockets_on_both_sides() {
+        let c = config(&[
+            "--listen",
+            "unix:/run/app/sidecache.sock",
+            "--unix-mode",
+            "0660",
+            "--redis",
+            "unix:///run/redis/redis.sock?db=4",
+        ]);
+        assert_eq!(c.listen, Address::Unix("/run/app/sidecache.sock".into()));
+        assert_eq!(c.unix_mode, Some(0o660));
+        assert_eq!(c.redis, Address::Unix("/run/redis/redis.sock".into()));
+        assert_eq!(c.redis_db, 4);
+        assert!(c
+            .describe()
+            .contains("--listen unix:/run/app/sidecache.sock --unix-mode 0660"));
+        assert!(c
+            .describe()
+            .contains("--redis unix:///run/redis/redis.sock?db=4"));
+        let c = config(&["--redis", "unix:/tmp/r.sock"]);
+        assert_eq!(
+            (c.redis, c.redis_db),
+            (Address::Unix("/tmp/r.sock".into()), 0)
+        );
+        assert!(run(&["--unix-mode", "0999"]).is_err());
+        assert!(run(&["--listen", "unix:"]).is_err());
+        assert!(run(&["--redis", "unix:///tmp/r.sock?database=2"]).is_err());
     }
 
     #[test]

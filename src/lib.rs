@@ -36,6 +36,7 @@ pub mod config;
 pub mod keys;
 pub mod log;
 pub mod lru;
+pub mod net;
 pub mod pinned;
 pub mod pubsub;
 pub mod resp;

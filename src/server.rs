@@ -29,6 +29,7 @@ use crate::client::{Client, Phase, ReadOutcome, Replies, ReplyMode};
 use crate::command::{self, Action, InRefusedMulti, LibAttr};
 use crate::config::{Config, TrackingMode};
 use crate::keys::{CommandTable, Writes};
+use crate::net::{Address, Listener};
 use crate::pinned::{Owner, Pinned, PinnedRequest, Step, EXECABORT};
 use crate::pubsub::{self, Channels, Kind, Subscribed, Waiter};
 use crate::resp::Protocol;
@@ -37,14 +38,12 @@ use crate::stats;
 use crate::tracking::{self, Incoming};
 use crate::{log, log_debug, log_warn};
 use anyhow::{anyhow, Context};
-use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token};
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook_mio::v1_0::Signals;
 use slab::Slab;
 use std::collections::HashMap;
 use std::io;
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 const LISTENER: Token = Token(0);
@@ -204,7 +203,7 @@ struct Proxy {
     /// The one connection that holds every client's subscriptions.
     pubsub: Backend<PubsubRequest>,
     channels: Channels,
-    redis: SocketAddr,
+    redis: Address,
     timeout: Duration,
     /// Where requests were last queued this turn: every other connection
     /// has been written out since.
@@ -312,7 +311,8 @@ impl Proxy {
                 }
                 let entry = self.pinned.vacant_entry();
                 let token = Token(FIRST_PINNED + entry.key());
-                let mut backend = Backend::new("pinned", self.redis, token, self.timeout, now);
+                let mut backend =
+                    Backend::new("pinned", self.redis.clone(), token, self.timeout, now);
                 if backend.connect(&self.registry, now).is_err() {
                     return Err(self.unavailable_message());
                 }
@@ -445,8 +445,8 @@ impl Proxy {
 
 pub struct Server {
     poll: Poll,
-    listener: Option<TcpListener>,
-    local_addr: SocketAddr,
+    listener: Option<Listener>,
+    local_addr: Address,
     signals: Signals,
     clients: Slab<Client>,
     proxy: Proxy,
@@ -503,9 +503,9 @@ impl Server {
     /// Binds the listener and sets up signals; connects to Redis once `run` starts.
     pub fn bind(config: &Config) -> anyhow::Result<Server> {
         let poll = Poll::new().context("creating the poll instance")?;
-        let mut listener = TcpListener::bind(config.listen)
+        let mut listener = Listener::bind(&config.listen, config.unix_mode)
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        let local_addr = listener.local_addr()?;
+        let local_addr = listener.local_address()?;
         poll.registry()
             .register(&mut listener, LISTENER, Interest::READABLE)?;
         let mut signals = Signals::new([SIGINT, SIGTERM]).context("installing signal handlers")?;
@@ -513,14 +513,25 @@ impl Server {
             .register(&mut signals, SIGNALS, Interest::READABLE)?;
         let now = Instant::now();
         let timeout = config.timeout;
-        let mut invalidation =
-            Backend::new("invalidation", config.redis, INVALIDATION, timeout, now);
+        let mut invalidation = Backend::new(
+            "invalidation",
+            config.redis.clone(),
+            INVALIDATION,
+            timeout,
+            now,
+        );
         if config.tracking == TrackingMode::Off || config.capacity == 0 {
             invalidation.turn_off(poll.registry(), now);
         }
-        let mut data_resp3 = Backend::new("data (RESP3)", config.redis, DATA_RESP3, timeout, now);
+        let mut data_resp3 = Backend::new(
+            "data (RESP3)",
+            config.redis.clone(),
+            DATA_RESP3,
+            timeout,
+            now,
+        );
         data_resp3.turn_off(poll.registry(), now);
-        let mut pubsub = Backend::new("pub/sub", config.redis, PUBSUB, timeout, now);
+        let mut pubsub = Backend::new("pub/sub", config.redis.clone(), PUBSUB, timeout, now);
         pubsub.turn_off(poll.registry(), now);
         let registry = poll.registry().try_clone()?;
         Ok(Server {
@@ -532,7 +543,7 @@ impl Server {
             proxy: Proxy {
                 registry,
                 data: [
-                    Backend::new("data", config.redis, DATA_RESP2, timeout, now),
+                    Backend::new("data", config.redis.clone(), DATA_RESP2, timeout, now),
                     data_resp3,
                 ],
                 fills_allowed: [false; 2],
@@ -551,7 +562,7 @@ impl Server {
                 pinned_to_flush: Vec::new(),
                 pubsub,
                 channels: Channels::default(),
-                redis: config.redis,
+                redis: config.redis.clone(),
                 timeout,
                 last_route: None,
                 coalesced: [HashMap::new(), HashMap::new()],
@@ -603,8 +614,8 @@ impl Server {
         })
     }
 
-    pub fn local_addr(&self) -> SocketAddr {
-        self.local_addr
+    pub fn local_addr(&self) -> &Address {
+        &self.local_addr
     }
 
     /// Redis closed (or broke) the connection behind `token`: its reads go
@@ -792,7 +803,7 @@ impl Server {
                 let _ = std::io::Write::write(&mut stream, MAX_CLIENTS_REACHED);
                 continue;
             }
-            let _ = stream.set_nodelay(true);
+            stream.set_nodelay();
             let entry = self.clients.vacant_entry();
             let key = entry.key();
             if let Err(e) = self.poll.registry().register(
@@ -964,7 +975,10 @@ impl Server {
             redis_version: self.proxy.redis_version.clone(),
             process_id: std::process::id(),
             listen: self.local_addr.to_string(),
-            tcp_port: self.local_addr.port(),
+            tcp_port: match &self.local_addr {
+                Address::Tcp(addr) => addr.port(),
+                Address::Unix(_) => 0,
+            },
             uptime_seconds: now.saturating_duration_since(self.started).as_secs(),
             connected_clients: self.clients.len(),
             blocked_clients: self
