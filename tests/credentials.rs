@@ -42,16 +42,6 @@ fn protected_redis() -> RedisServer {
     redis
 }
 
-fn wait_serving(proxy: &Sidecache) {
-    poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
-        proxy
-            .stderr()
-            .contains("serving GETs from the cache")
-            .then_some(())
-    })
-    .unwrap_or_else(|| panic!("never served from the cache:\n{}", proxy.stderr()));
-}
-
 /// Everything a client can do works through `proxy`, in database `db`.
 fn everything_works(redis: &RedisServer, proxy: &Sidecache, db: u32) {
     let mut direct = admin(redis);
@@ -109,7 +99,7 @@ fn default_user_password_in_the_address() {
             url.clone(),
         ]
     });
-    wait_serving(&proxy);
+    proxy.wait_serving();
     everything_works(&redis, &proxy, 0);
     assert!(!proxy.stderr().contains(PASSWORD), "{}", proxy.stderr());
 }
@@ -130,7 +120,7 @@ fn acl_user_and_database_and_reconnects_log_in_again() {
             url.clone(),
         ]
     });
-    wait_serving(&proxy);
+    proxy.wait_serving();
     everything_works(&redis, &proxy, 3);
     // Every connection of sidecache's is the ACL user's.
     let mut direct = admin(&redis);
@@ -143,7 +133,7 @@ fn acl_user_and_database_and_reconnects_log_in_again() {
     // Kill them all: sidecache logs in and selects again on reconnect.
     direct.send_cmd(&["CLIENT", "KILL", "USER", USER]);
     direct.read_reply_raw();
-    wait_serving(&proxy);
+    proxy.wait_serving();
     let mut c = proxy.connect();
     let ok = poll_until(Duration::from_secs(10), Duration::from_millis(20), || {
         c.send_cmd(&["SET", "after", "kill"]);
@@ -167,7 +157,7 @@ fn password_from_the_environment() {
             format!("127.0.0.1:{}", redis.port()),
         ]
     });
-    wait_serving(&proxy);
+    proxy.wait_serving();
     everything_works(&redis, &proxy, 0);
 }
 

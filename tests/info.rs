@@ -31,13 +31,7 @@ fn field(info: &str, name: &str) -> String {
 
 fn start_serving(redis: &RedisServer, extra: &[&str]) -> Sidecache {
     let proxy = Sidecache::start(redis.port(), extra);
-    poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
-        proxy
-            .stderr()
-            .contains("serving GETs from the cache")
-            .then_some(())
-    })
-    .expect("sidecache serves from its cache");
+    proxy.wait_serving();
     proxy
 }
 

@@ -6,7 +6,6 @@
 mod common;
 
 use common::*;
-use std::time::Duration;
 
 const CLIENTS: usize = 1000;
 
@@ -21,13 +20,7 @@ fn get_calls(redis: &RedisServer) -> u64 {
 
 fn start_serving(redis: &RedisServer, extra: &[&str]) -> Sidecache {
     let proxy = Sidecache::start(redis.port(), extra);
-    poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
-        proxy
-            .stderr()
-            .contains("serving GETs from the cache")
-            .then_some(())
-    })
-    .expect("sidecache never said it serves GETs from the cache");
+    proxy.wait_serving();
     proxy
 }
 

@@ -629,6 +629,17 @@ impl Sidecache {
         self.port
     }
 
+    /// Waits until sidecache logs that it serves GETs from its cache
+    /// (Redis's command table loaded, tracking set up).
+    pub fn wait_serving(&self) {
+        poll_until(Duration::from_secs(10), Duration::from_millis(10), || {
+            self.stderr()
+                .contains("serving GETs from the cache")
+                .then_some(())
+        })
+        .unwrap_or_else(|| panic!("sidecache never served from its cache:\n{}", self.stderr()));
+    }
+
     pub fn addr(&self) -> String {
         format!("127.0.0.1:{}", self.port)
     }
