@@ -20,13 +20,16 @@
 //! - [`command`]: what sidecache does with each request: cache, answer, refuse or forward (pure).
 //! - [`keys`]: which keys a command writes, learned from Redis's `COMMAND` reply (pure).
 //! - [`cache`]: the LRU + TTL cache of GET replies and its fill tickets (pure).
+//! - [`lru`]: the compact recency-ordered map the cache keeps its entries in (pure).
 //! - [`client`]: one client connection: its input, its ordered reply slots, its output.
-//! - [`backend`]: a connection to Redis: connecting, backoff, the in-flight FIFO.
+//! - [`net`]: sockets, TCP or Unix: addresses, streams, listeners.
+//! - [`backend`]: a connection to Redis: connecting, logging in, backoff, the in-flight FIFO.
 //! - [`tracking`]: Redis's client tracking as seen on the invalidation connection (pure).
 //! - [`pinned`]: connections pinned to one client for a transaction or a blocking call.
 //! - [`pubsub`]: who listens to what, and the acknowledgements Redis would send (pure).
+//! - [`stats`]: what sidecache counts, and INFO in Redis's format (pure).
 //! - [`server`]: the event loop that owns all of the above.
-//! - [`log`]: timestamped log lines on stderr.
+//! - [`log`](mod@log): timestamped, levelled log lines on stderr.
 
 pub mod backend;
 pub mod cache;
