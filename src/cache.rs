@@ -14,7 +14,7 @@
 //! hold the reply exactly as Redis sent it, so a hit is a copy into a
 //! client's output and never a re-encode.
 
-use crate::lru::Lru;
+use crate::lru::{Lookup, Lru};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -205,18 +205,21 @@ impl Cache {
             return None;
         }
         let now_ms = self.millis(now);
-        let entries = self.entries.as_mut()?;
-        let expired = now_ms >= entries.get(key)?.stamp;
-        if expired {
-            self.remove(key);
-            self.expired += 1;
-            return None;
-        }
-        // Found and not expired above; `get` again only to return the borrow.
-        let stored = self.entries.as_mut()?.get(key)?.value;
-        match stored.split_first() {
-            Some((&TAG_VALUE, value)) => Some(Hit::Value(value)),
-            _ => Some(Hit::Nil),
+        match self
+            .entries
+            .as_mut()?
+            .get_fresh(key, |stamp| now_ms >= stamp)
+        {
+            Lookup::Found(item) => match item.value.split_first() {
+                Some((&TAG_VALUE, value)) => Some(Hit::Value(value)),
+                _ => Some(Hit::Nil),
+            },
+            Lookup::Removed { key_len, value_len } => {
+                self.used -= entry_size(key_len, value_len);
+                self.expired += 1;
+                None
+            }
+            Lookup::Missing => None,
         }
     }
 

@@ -36,6 +36,17 @@ impl Node {
     }
 }
 
+/// What `get_fresh` found.
+pub enum Lookup<'a> {
+    Found(Item<'a>),
+    /// There, but stale: removed; its key and value lengths.
+    Removed {
+        key_len: usize,
+        value_len: usize,
+    },
+    Missing,
+}
+
 /// One entry as seen from outside.
 pub struct Item<'a> {
     pub key: &'a [u8],
@@ -98,6 +109,33 @@ impl Lru {
         self.push_back(i);
         let node = &self.nodes[i as usize];
         Some(Item {
+            key: node.key(),
+            value: node.value(),
+            stamp: node.stamp,
+        })
+    }
+
+    /// The entry for `key`, now the most recently used, unless `stale`
+    /// says its stamp has run out: then it is removed. One lookup either way.
+    pub fn get_fresh(&mut self, key: &[u8], stale: impl Fn(u64) -> bool) -> Lookup<'_> {
+        let hash = self.hash(key);
+        let nodes = &self.nodes;
+        let Ok(entry) = self
+            .table
+            .find_entry(hash, |&i| nodes[i as usize].key() == key)
+        else {
+            return Lookup::Missing;
+        };
+        let i = *entry.get();
+        if stale(self.nodes[i as usize].stamp) {
+            entry.remove();
+            let (key_len, value_len) = self.release(i);
+            return Lookup::Removed { key_len, value_len };
+        }
+        self.unlink(i);
+        self.push_back(i);
+        let node = &self.nodes[i as usize];
+        Lookup::Found(Item {
             key: node.key(),
             value: node.value(),
             stamp: node.stamp,
@@ -265,6 +303,26 @@ mod tests {
         assert_eq!(lru.remove(b"a"), Some((1, 1)));
         assert_eq!(lru.remove(b"a"), None);
         assert_eq!(keys(&lru), ["c"]);
+        assert_eq!(lru.len(), 1);
+    }
+
+    #[test]
+    fn a_stale_entry_goes_on_lookup() {
+        let mut lru = Lru::with_capacity(2);
+        lru.insert_new(b"old", [b"v", b""], 5);
+        lru.insert_new(b"new", [b"w", b""], 50);
+        assert!(matches!(
+            lru.get_fresh(b"old", |stamp| stamp <= 10),
+            Lookup::Removed {
+                key_len: 3,
+                value_len: 1
+            }
+        ));
+        assert!(matches!(lru.get_fresh(b"old", |_| false), Lookup::Missing));
+        match lru.get_fresh(b"new", |stamp| stamp <= 10) {
+            Lookup::Found(item) => assert_eq!(item.value, b"w"),
+            _ => panic!("fresh entry"),
+        }
         assert_eq!(lru.len(), 1);
     }
 
