@@ -437,16 +437,14 @@ impl Login {
     }
 }
 
-/// Why a connection to Redis is given up when a login step fails, for the
-/// log and for the clients' errors.
-pub fn login_refused(step: LoginStep, reply: &[u8]) -> Option<String> {
-    (reply.first() == Some(&b'-')).then(|| {
-        format!(
-            "Redis refused sidecache's {}: {}",
-            step.command(),
-            String::from_utf8_lossy(&reply[1..]).trim_end()
-        )
-    })
+/// Why a connection to Redis is given up when Redis answers a login step
+/// with `error` (without its `-`), for the log and the clients' errors.
+pub fn login_refused(step: LoginStep, error: &[u8]) -> String {
+    format!(
+        "Redis refused sidecache's {}: {}",
+        step.command(),
+        String::from_utf8_lossy(error).trim_end()
+    )
 }
 
 /// The reply stream cannot be trusted any more.

@@ -1298,7 +1298,8 @@ impl Server {
                 }
             }
             DataRequest::Login(step) => {
-                if let Some(why) = login_refused(step, reply) {
+                if let Some(error) = reply.strip_prefix(b"-") {
+                    let why = login_refused(step, error);
                     self.proxy.login_error = Some(why.clone());
                     self.data_lost(protocol, &why, now);
                 }
@@ -1528,12 +1529,7 @@ impl Server {
             match request {
                 InvalidationRequest::SetName => {}
                 InvalidationRequest::Login(step) => {
-                    let why = format!(
-                        "Redis refused sidecache's {}: {}",
-                        step.command(),
-                        String::from_utf8_lossy(e)
-                    );
-                    self.invalidation_lost(&why, now);
+                    self.invalidation_lost(&login_refused(step, e), now);
                 }
                 _ => self.tracking_refused(e, now),
             }
@@ -1763,7 +1759,8 @@ impl Server {
             }
             PinnedRequest::SetName => {}
             PinnedRequest::Login(step) => {
-                if let Some(why) = login_refused(step, pinned.backend.reply(len)) {
+                if let Some(error) = pinned.backend.reply(len).strip_prefix(b"-") {
+                    let why = login_refused(step, error);
                     self.proxy.login_error = Some(why.clone());
                     self.pinned_lost(p, &why, now);
                     return;
@@ -1989,11 +1986,7 @@ impl Server {
             }
             PubsubRequest::Login(step) => {
                 if let Value::Error(e) = reply {
-                    let why = format!(
-                        "Redis refused sidecache's {}: {}",
-                        step.command(),
-                        String::from_utf8_lossy(e)
-                    );
+                    let why = login_refused(step, e);
                     self.proxy.login_error = Some(why.clone());
                     self.pubsub_lost(&why, Instant::now());
                 }
