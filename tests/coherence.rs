@@ -45,14 +45,6 @@ fn get(c: &mut Conn, key: &str) -> Vec<u8> {
     c.read_reply3_raw()
 }
 
-/// Switches `c` to RESP3 (`HELLO 3`).
-#[track_caller]
-fn hello3(c: &mut Conn) {
-    c.send_cmd(&["HELLO", "3"]);
-    let r = c.read_reply3_raw();
-    assert!(r.starts_with(b"%"), "HELLO 3: {}", escape(&r));
-}
-
 /// Arguments as owned byte strings.
 fn args(a: &[&str]) -> Vec<Vec<u8>> {
     a.iter().map(|s| s.as_bytes().to_vec()).collect()

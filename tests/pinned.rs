@@ -64,19 +64,6 @@ fn server_pid(redis: &RedisServer, sc: &Sidecache) -> u32 {
     }
 }
 
-/// Says `HELLO 3` on `c`; the reply must be a RESP3 map (its fields differ
-/// between Redis and sidecache, so it is not compared).
-#[track_caller]
-fn hello3(c: &mut Conn) {
-    c.send_cmd(&["HELLO", "3"]);
-    let reply = c.read_reply3_raw();
-    assert!(
-        reply.starts_with(b"%"),
-        "HELLO 3 did not answer a map: {}",
-        escape(&reply)
-    );
-}
-
 /// Redis's clients (as `CLIENT LIST` shows them) inside a MULTI: `multi`
 /// other than -1. Returns (id, name, multi) of each.
 fn clients_in_multi(redis_port: u16) -> Vec<(String, String, String)> {
@@ -88,34 +75,6 @@ fn clients_in_multi(redis_port: u16) -> Vec<(String, String, String)> {
             (f("id"), f("name"), f("multi"))
         })
         .collect()
-}
-
-/// Redis's `blocked_clients` from `INFO clients` (asked directly).
-fn blocked_clients(redis_port: u16) -> u64 {
-    let mut c = Conn::connect(redis_port);
-    c.send_cmd(&["INFO", "clients"]);
-    let info = match c.read_reply() {
-        Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
-        other => panic!("INFO clients: {other:?}"),
-    };
-    info.lines()
-        .find_map(|l| l.strip_prefix("blocked_clients:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no blocked_clients in INFO clients:\n{info}"))
-}
-
-/// Waits until Redis counts exactly `n` blocked clients.
-#[track_caller]
-fn wait_blocked(redis_port: u16, n: u64) {
-    let mut last = 0;
-    let got = poll_until(Duration::from_secs(5), Duration::from_millis(5), || {
-        last = blocked_clients(redis_port);
-        (last == n).then_some(())
-    });
-    assert!(
-        got.is_some(),
-        "Redis's blocked_clients stayed {last}, expected {n}"
-    );
 }
 
 /// `PUBSUB NUMSUB channel`, asked directly.

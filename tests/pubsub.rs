@@ -33,28 +33,6 @@ use std::time::{Duration, Instant};
 /// How long sidecache may take to let go of a subscription in Redis.
 const RELEASE: Duration = Duration::from_secs(5);
 
-/// Says `HELLO 3` on `c`; the reply must be a RESP3 map.
-#[track_caller]
-fn hello3(c: &mut Conn) {
-    c.send_cmd(&["HELLO", "3"]);
-    let reply = c.read_reply3_raw();
-    assert!(
-        reply.starts_with(b"%"),
-        "HELLO 3 did not answer a map: {}",
-        escape(&reply)
-    );
-}
-
-/// A connection to `port`, in RESP3 after `HELLO 3` when `resp3`.
-#[track_caller]
-fn connect(port: u16, resp3: bool) -> Conn {
-    let mut c = Conn::connect(port);
-    if resp3 {
-        hello3(&mut c);
-    }
-    c
-}
-
 /// The RESP2 or RESP3 header of an out-of-band message of `n` items.
 fn push_header(resp3: bool, n: usize) -> String {
     format!("{}{n}\r\n", if resp3 { '>' } else { '*' })

@@ -1547,3 +1547,57 @@ pub fn open_files_soft_limit() -> Option<u64> {
         .parse()
         .ok()
 }
+
+// ---------------------------------------------------------------------------
+// RESP3 and blocked clients, shared by the transaction, pub/sub and blocking suites
+// ---------------------------------------------------------------------------
+
+/// Says `HELLO 3` on `c`; the reply must be a RESP3 map.
+#[track_caller]
+pub fn hello3(c: &mut Conn) {
+    c.send_cmd(&["HELLO", "3"]);
+    let reply = c.read_reply3_raw();
+    assert!(
+        reply.starts_with(b"%"),
+        "HELLO 3 did not answer a map: {}",
+        escape(&reply)
+    );
+}
+
+/// A connection to `port`, in RESP3 after `HELLO 3` when `resp3`.
+#[track_caller]
+pub fn connect(port: u16, resp3: bool) -> Conn {
+    let mut c = Conn::connect(port);
+    if resp3 {
+        hello3(&mut c);
+    }
+    c
+}
+
+/// Redis's `blocked_clients` from `INFO clients` (asked directly).
+pub fn blocked_clients(redis_port: u16) -> u64 {
+    let mut c = Conn::connect(redis_port);
+    c.send_cmd(&["INFO", "clients"]);
+    let info = match c.read_reply() {
+        Resp::Bulk(Some(b)) => String::from_utf8_lossy(&b).into_owned(),
+        other => panic!("INFO clients: {other:?}"),
+    };
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no blocked_clients in INFO clients:\n{info}"))
+}
+
+/// Waits until Redis counts exactly `n` blocked clients.
+#[track_caller]
+pub fn wait_blocked(redis_port: u16, n: u64) {
+    let mut last = 0;
+    let got = poll_until(Duration::from_secs(5), Duration::from_millis(5), || {
+        last = blocked_clients(redis_port);
+        (last == n).then_some(())
+    });
+    assert!(
+        got.is_some(),
+        "Redis's blocked_clients stayed {last}, expected {n}"
+    );
+}
