@@ -1267,12 +1267,10 @@ impl Server {
                         reply = &counted;
                     }
                 }
-                let Some(client) = self.clients.get_mut(key) else {
+                // Its client may have gone; the slot may have a new tenant.
+                let Some(client) = live_client(&mut self.clients, key, id) else {
                     return;
                 };
-                if client.id != id || client.phase == Phase::Closed {
-                    return; // its client has gone; the slot may have a new tenant
-                }
                 client.replies.fill(seq, reply);
                 self.queue_flush(key);
             }
@@ -1743,11 +1741,9 @@ impl Server {
                     false => self.proxy.pinned[p].backend.reply(len),
                 };
                 if let Some(owner) = owner {
-                    if let Some(client) = self.clients.get_mut(owner.key) {
-                        if client.id == owner.id && client.phase != Phase::Closed {
-                            client.replies.fill(seq, reply);
-                            self.queue_flush(owner.key);
-                        }
+                    if let Some(client) = live_client(&mut self.clients, owner.key, owner.id) {
+                        client.replies.fill(seq, reply);
+                        self.queue_flush(owner.key);
                     }
                 }
             }
@@ -1847,12 +1843,9 @@ impl Server {
                 seqs.push(seq);
             }
         }
-        let Some(client) = self.clients.get_mut(owner.key) else {
+        let Some(client) = live_client(&mut self.clients, owner.key, owner.id) else {
             return;
         };
-        if client.id != owner.id || client.phase == Phase::Closed {
-            return;
-        }
         client.pinned = None;
         for seq in seqs {
             client.replies.fill(seq, BACKEND_UNAVAILABLE);
@@ -1953,12 +1946,9 @@ impl Server {
         let mut as_push = None;
         let mut delivered = Vec::with_capacity(listeners.len());
         for &(id, key) in listeners {
-            let Some(client) = self.clients.get_mut(key) else {
+            let Some(client) = live_client(&mut self.clients, key, id) else {
                 continue;
             };
-            if client.id != id || client.phase == Phase::Closed {
-                continue;
-            }
             match client.protocol {
                 Protocol::Resp2 => client.replies.push_out_of_band(message),
                 Protocol::Resp3 => {
@@ -2034,11 +2024,9 @@ impl Server {
 
     /// Fills reply slot `seq` of client `id`, if it is still there.
     fn fill_slot(&mut self, key: usize, id: u64, seq: u64, reply: &[u8]) {
-        if let Some(client) = self.clients.get_mut(key) {
-            if client.id == id && client.phase != Phase::Closed {
-                client.replies.fill(seq, reply);
-                self.queue_flush(key);
-            }
+        if let Some(client) = live_client(&mut self.clients, key, id) {
+            client.replies.fill(seq, reply);
+            self.queue_flush(key);
         }
     }
 
@@ -2222,6 +2210,14 @@ impl Server {
             self.close_if_done(key);
         }
     }
+}
+
+/// Client `id`, if it still lives in slab slot `key`: a slot reused by a
+/// later client, or one closing, gets nothing meant for its predecessor.
+fn live_client(clients: &mut Slab<Client>, key: usize, id: u64) -> Option<&mut Client> {
+    clients
+        .get_mut(key)
+        .filter(|c| c.id == id && c.phase != Phase::Closed)
 }
 
 /// What of a GET reply may be cached, and until when, given the PTTL that
