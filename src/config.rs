@@ -57,6 +57,11 @@ Options:
   --requirepass PASSWORD
                       clients must AUTH with this password before anything
                       but AUTH, HELLO, PING and QUIT [default: none]
+  --busy-poll MICROSECONDS
+                      after each event, keep polling for that long instead
+                      of sleeping, while Redis owes no reply: lower latency
+                      for a core's worth of CPU under load; 0 turns it off
+                      [default: 0]
   --log-level LEVEL   error, warn, info or debug [default: info]
   -h, --help          print this help and exit
   -V, --version       print the version and exit
@@ -108,6 +113,9 @@ pub struct Config {
     pub max_value_size: usize,
     /// Most connections pinned to one client each (transactions, blocking calls).
     pub max_pinned: usize,
+    /// How long the event loop keeps polling after an event before it
+    /// sleeps; zero sleeps at once.
+    pub busy_poll: Duration,
     /// The password clients must AUTH with; `None`: no authentication.
     pub requirepass: Option<String>,
     pub log_level: LogLevel,
@@ -150,7 +158,7 @@ impl Config {
         format!(
             "--listen {}{} --redis {} --capacity {} --ttl {} --tracking {tracking} --timeout {} \
              --max-clients {} --max-output {} --idle-timeout {} --max-memory {} \
-             --max-value-size {} --max-pinned {} --requirepass {} --log-level {}",
+             --max-value-size {} --max-pinned {} --busy-poll {} --requirepass {} --log-level {}",
             self.listen,
             match self.unix_mode {
                 Some(mode) => format!(" --unix-mode {mode:04o}"),
@@ -166,6 +174,7 @@ impl Config {
             self.max_memory,
             self.max_value_size,
             self.max_pinned,
+            self.busy_poll.as_micros(),
             if self.requirepass.is_some() {
                 "(set)"
             } else {
@@ -222,6 +231,7 @@ impl Default for Config {
             max_memory: 64 << 20,
             max_value_size: 1 << 20,
             max_pinned: 256,
+            busy_poll: Duration::ZERO,
             requirepass: None,
             log_level: LogLevel::Info,
         }
@@ -284,6 +294,7 @@ pub fn parse_args_with_env(
             .unwrap_or(defaults.max_value_size),
         max_pinned: flag(&mut args, "--max-pinned", parse_positive_count)?
             .unwrap_or(defaults.max_pinned),
+        busy_poll: flag(&mut args, "--busy-poll", parse_busy_poll)?.unwrap_or(defaults.busy_poll),
         requirepass: flag(&mut args, "--requirepass", parse_password)?
             .unwrap_or(defaults.requirepass),
         log_level: flag(&mut args, "--log-level", parse_log_level)?.unwrap_or(defaults.log_level),
@@ -550,6 +561,15 @@ fn parse_ttl(s: &str) -> Result<Option<Duration>, String> {
     Ok((!ttl.is_zero()).then_some(ttl))
 }
 
+/// Whole microseconds, as Linux's `net.core.busy_poll` counts them; at most
+/// a second, as longer would only burn CPU.
+fn parse_busy_poll(s: &str) -> Result<Duration, String> {
+    match s.parse::<u64>() {
+        Ok(micros) if micros <= 1_000_000 => Ok(Duration::from_micros(micros)),
+        _ => Err("expected microseconds from 0 to 1000000, such as 50".to_string()),
+    }
+}
+
 /// A whole number of seconds, or a whole number followed by `ms`, `s`, `m` or `h`.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let bad = || "expected a duration such as 60, 500ms, 30s, 5m or 1h".to_string();
@@ -781,6 +801,23 @@ mod tests {
     }
 
     #[test]
+    fn busy_poll_counts_microseconds_up_to_a_second() {
+        assert_eq!(config(&[]).busy_poll, Duration::ZERO);
+        assert_eq!(
+            config(&["--busy-poll", "50"]).busy_poll,
+            Duration::from_micros(50)
+        );
+        assert_eq!(
+            config(&["--busy-poll", "1000000"]).busy_poll,
+            Duration::from_secs(1)
+        );
+        for bad in ["-1", "50us", "1000001", ""] {
+            let e = run(&["--busy-poll", bad]).unwrap_err().0;
+            assert!(e.contains("--busy-poll"), "{bad:?}: {e}");
+        }
+    }
+
+    #[test]
     fn errors_name_the_flag() {
         let e = run(&["--ttl", "soon"]).unwrap_err().0;
         assert!(e.contains("--ttl") && e.contains("soon"), "{e}");
@@ -812,6 +849,10 @@ mod tests {
             "--idle-timeout",
             "--max-memory",
             "--max-value-size",
+            "--max-pinned",
+            "--busy-poll",
+            "--requirepass",
+            "--log-level",
             "--help",
             "--version",
         ] {

@@ -479,6 +479,8 @@ pub struct Server {
     next_trim: Instant,
     /// When sidecache started, for INFO's uptime.
     started: Instant,
+    /// `--busy-poll`: how long to keep polling after an event.
+    busy_poll: Duration,
 }
 
 /// The limits on each client, from the command line.
@@ -611,6 +613,7 @@ impl Server {
                 .map(|idle| now + idle_check_interval(idle)),
             next_trim: now + TRIM_INTERVAL,
             started: now,
+            busy_poll: config.busy_poll,
         })
     }
 
@@ -644,12 +647,29 @@ impl Server {
             self.proxy.data[0].addr()
         );
         let mut events = Events::with_capacity(1024);
+        // Busy polling: a peer that writes to a sleeping process pays for
+        // waking it (an interrupt to another CPU, in a VM an exit to the
+        // host), which at one request per round trip costs the client
+        // more than the request itself. Polling on for `--busy-poll` after
+        // the last event keeps sidecache awake while traffic flows and
+        // asleep when it stops. Not while Redis owes a data reply: Redis
+        // may share this CPU, and the reply's wake-up is needed anyway.
+        let mut keep_polling_until = None;
         loop {
-            let timeout = self.poll_timeout(Instant::now());
+            let now = Instant::now();
+            let timeout = match keep_polling_until {
+                Some(until) if now < until && !self.redis_owes_data_replies() => {
+                    Some(Duration::ZERO)
+                }
+                _ => self.poll_timeout(now),
+            };
             match self.poll.poll(&mut events, timeout) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e).context("polling for events"),
+            }
+            if !self.busy_poll.is_zero() && !events.is_empty() {
+                keep_polling_until = Some(Instant::now() + self.busy_poll);
             }
             for event in events.iter() {
                 if event.is_read_closed() || event.is_error() {
@@ -729,6 +749,10 @@ impl Server {
                 }
             }
         }
+    }
+
+    fn redis_owes_data_replies(&self) -> bool {
+        self.proxy.data.iter().any(|data| data.in_flight() > 0)
     }
 
     fn poll_timeout(&self, now: Instant) -> Option<Duration> {

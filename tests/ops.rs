@@ -235,3 +235,45 @@ fn log_levels_and_the_start_up_line() {
         warn.stderr()
     );
 }
+
+/// `--busy-poll`: sidecache keeps polling while requests flow (its CPU time
+/// shows it) and sleeps again once they stop, answering right meanwhile.
+#[test]
+fn busy_poll_spins_while_requests_flow_and_sleeps_when_they_stop() {
+    let redis = RedisServer::start();
+    // 20 ms: a request every 5 ms keeps it polling the whole time.
+    let proxy = Sidecache::start(redis.port(), &["--busy-poll", "20000"]);
+    redis.set("k", "v");
+    let mut c = proxy.connect();
+    let flowing = Duration::from_millis(500);
+    let cpu_before = cpu_time(proxy.pid());
+    let started = std::time::Instant::now();
+    let mut sent = 0;
+    while started.elapsed() < flowing {
+        c.roundtrip(&["GET", "k"], &bulk("v"));
+        c.roundtrip(&["SET", "n", &sent.to_string()], b"+OK\r\n");
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let busy = (cpu_time(proxy.pid()) - cpu_before).as_secs_f64() / started.elapsed().as_secs_f64();
+    // Asleep between requests it would use about 1%; polling, most of a
+    // CPU. A third leaves room for a machine busy with other tests.
+    assert!(
+        busy > 0.3,
+        "sidecache used {:.0}% of a CPU while requests flowed with --busy-poll",
+        busy * 100.0
+    );
+    assert_eq!(redis.get("n"), Some((sent - 1).to_string().into_bytes()));
+
+    // Once traffic stops it sleeps within the 20 ms window (and a clock
+    // tick of /proc's accounting): over a quiet second, next to nothing.
+    std::thread::sleep(Duration::from_millis(100));
+    let quiet_from = cpu_time(proxy.pid());
+    std::thread::sleep(Duration::from_secs(1));
+    let quiet = cpu_time(proxy.pid()) - quiet_from;
+    assert!(
+        quiet < Duration::from_millis(50),
+        "sidecache used {quiet:?} of CPU in a quiet second with --busy-poll"
+    );
+    c.roundtrip(&["GET", "k"], &bulk("v"));
+}
