@@ -69,6 +69,28 @@ pub struct Backend<T> {
     writable_interest: bool,
 }
 
+/// What the event loop's reader needs of any connection to Redis, whatever
+/// the requests it carries: read, frame the replies, know it still serves.
+pub trait Framed {
+    fn read(&mut self) -> io::Result<bool>;
+    fn next_frame(&mut self) -> Result<Option<usize>, Desync>;
+    fn is_ready(&self) -> bool;
+}
+
+impl<T> Framed for Backend<T> {
+    fn read(&mut self) -> io::Result<bool> {
+        Backend::read(self)
+    }
+
+    fn next_frame(&mut self) -> Result<Option<usize>, Desync> {
+        Backend::next_frame(self)
+    }
+
+    fn is_ready(&self) -> bool {
+        Backend::is_ready(self)
+    }
+}
+
 /// What a connect attempt or a socket event came to.
 pub enum Progress {
     /// Nothing changed.

@@ -23,7 +23,7 @@
 //! tracking is in use, the invalidation connection is subscribed. A GET may
 //! fill the cache only through a data connection whose reads Redis tracks.
 
-use crate::backend::{info_field, login_refused, Backend, Login, LoginStep, Progress};
+use crate::backend::{info_field, login_refused, Backend, Framed, Login, LoginStep, Progress};
 use crate::cache::{Cache, FillTicket, Hit, Limits, Rewrites};
 use crate::client::{Client, Phase, ReadOutcome, Replies, ReplyMode};
 use crate::command::{self, Action, InRefusedMulti, LibAttr};
@@ -61,6 +61,17 @@ const FIRST_PINNED: usize = usize::MAX / 2;
 const PINNED_POOL: usize = 8;
 
 const PROTOCOLS: [Protocol; 2] = [Protocol::Resp2, Protocol::Resp3];
+
+/// One of the connections to Redis, named for what they all share: their
+/// replies are read and framed alike, and each kind has its own way of
+/// being lost.
+#[derive(Clone, Copy)]
+enum Link {
+    Data(Protocol),
+    Invalidation,
+    PubSub,
+    Pinned(usize),
+}
 
 /// Index of a protocol's data connection.
 fn conn(protocol: Protocol) -> usize {
@@ -1171,51 +1182,81 @@ impl Server {
 
     fn read_data(&mut self, protocol: Protocol, now: Instant) {
         let c = conn(protocol);
+        self.drain(Link::Data(protocol), now, |server, len| {
+            let data = &mut server.proxy.data[c];
+            // RESP3 push frames are not replies: nothing waits for them.
+            if data.reply(len).first() == Some(&b'>') {
+                let push = resp::parse_value(data.reply(len));
+                data.consume(len);
+                server.data_push(protocol, push, now);
+                return Ok(());
+            }
+            let request = data.pop_in_flight().map_err(|d| d.to_string())?;
+            server.data_reply(protocol, request, len, now);
+            server.proxy.data[c].consume(len);
+            Ok(())
+        });
+    }
+
+    /// Reads what Redis sent on `link` and hands each complete frame's
+    /// length to `on_frame`, which consumes it, until the input runs dry or
+    /// the connection stops serving. `Err` from `on_frame` loses the
+    /// connection with that reason, as a read error or a desync does.
+    fn drain(
+        &mut self,
+        link: Link,
+        now: Instant,
+        mut on_frame: impl FnMut(&mut Self, usize) -> Result<(), String>,
+    ) {
         loop {
-            let more = match self.proxy.data[c].read() {
+            let Some(framed) = self.framed(link) else {
+                return;
+            };
+            let more = match framed.read() {
                 Ok(more) => more,
-                Err(e) => {
-                    self.data_lost(protocol, &e.to_string(), now);
-                    return;
-                }
+                Err(e) => return self.link_lost(link, &e.to_string(), now),
             };
             loop {
-                let data = &mut self.proxy.data[c];
-                let len = match data.next_frame() {
+                let Some(framed) = self.framed(link) else {
+                    return;
+                };
+                let len = match framed.next_frame() {
                     Ok(Some(len)) => len,
                     Ok(None) => break,
-                    Err(desync) => {
-                        self.data_lost(protocol, &desync.to_string(), now);
-                        return;
-                    }
+                    Err(desync) => return self.link_lost(link, &desync.to_string(), now),
                 };
-                // RESP3 push frames are not replies: nothing waits for them.
-                if data.reply(len).first() == Some(&b'>') {
-                    let push = resp::parse_value(data.reply(len));
-                    data.consume(len);
-                    self.data_push(protocol, push, now);
-                    if !self.proxy.data[c].is_ready() {
-                        return;
-                    }
-                    continue;
+                if let Err(why) = on_frame(self, len) {
+                    return self.link_lost(link, &why, now);
                 }
-                match data.pop_in_flight() {
-                    Ok(request) => {
-                        self.data_reply(protocol, request, len, now);
-                        self.proxy.data[c].consume(len);
-                    }
-                    Err(desync) => {
-                        self.data_lost(protocol, &desync.to_string(), now);
-                        return;
-                    }
-                }
-                if self.fatal.is_some() || !self.proxy.data[c].is_ready() {
+                if self.fatal.is_some() || !self.framed(link).is_some_and(|f| f.is_ready()) {
                     return;
                 }
             }
             if !more {
                 return;
             }
+        }
+    }
+
+    /// The connection behind `link`; `None` once a pinned one is gone.
+    fn framed(&mut self, link: Link) -> Option<&mut dyn Framed> {
+        match link {
+            Link::Data(protocol) => Some(&mut self.proxy.data[conn(protocol)]),
+            Link::Invalidation => Some(&mut self.invalidation),
+            Link::PubSub => Some(&mut self.proxy.pubsub),
+            Link::Pinned(p) => match self.proxy.pinned.get_mut(p) {
+                Some(pinned) => Some(&mut pinned.backend),
+                None => None,
+            },
+        }
+    }
+
+    fn link_lost(&mut self, link: Link, why: &str, now: Instant) {
+        match link {
+            Link::Data(protocol) => self.data_lost(protocol, why, now),
+            Link::Invalidation => self.invalidation_lost(why, now),
+            Link::PubSub => self.pubsub_lost(why, now),
+            Link::Pinned(p) => self.pinned_lost(p, why, now),
         }
     }
 
@@ -1470,56 +1511,28 @@ impl Server {
             }
         }
         self.flush_invalidation();
-        loop {
-            let more = match self.invalidation.read() {
-                Ok(more) => more,
-                Err(e) => {
-                    self.invalidation_lost(&e.to_string(), now);
-                    return;
-                }
-            };
-            loop {
-                let len = match self.invalidation.next_frame() {
-                    Ok(Some(len)) => len,
-                    Ok(None) => break,
-                    Err(desync) => {
-                        self.invalidation_lost(&desync.to_string(), now);
-                        return;
-                    }
-                };
-                let frame = resp::parse_value(self.invalidation.reply(len));
-                self.invalidation.consume(len);
-                match frame.map(tracking::classify) {
-                    Ok(Incoming::Invalidate(keys)) => {
-                        self.proxy.counters.invalidations += keys.len() as u64;
-                        for key in keys {
-                            self.proxy.cache.invalidate(&key);
-                        }
-                    }
-                    Ok(Incoming::InvalidateAll) => {
-                        self.proxy.counters.invalidations += 1;
-                        self.proxy.cache.clear();
-                    }
-                    Ok(Incoming::Reply(reply)) => match self.invalidation.pop_in_flight() {
-                        Ok(request) => self.invalidation_reply(request, reply, now),
-                        Err(desync) => {
-                            self.invalidation_lost(&desync.to_string(), now);
-                            return;
-                        }
-                    },
-                    Err(e) => {
-                        self.invalidation_lost(&e.to_string(), now);
-                        return;
+        self.drain(Link::Invalidation, now, |server, len| {
+            let frame = resp::parse_value(server.invalidation.reply(len));
+            server.invalidation.consume(len);
+            match frame.map(tracking::classify).map_err(|e| e.to_string())? {
+                Incoming::Invalidate(keys) => {
+                    server.proxy.counters.invalidations += keys.len() as u64;
+                    for key in keys {
+                        server.proxy.cache.invalidate(&key);
                     }
                 }
-                if self.fatal.is_some() || !self.invalidation.is_ready() {
-                    return;
+                Incoming::InvalidateAll => {
+                    server.proxy.counters.invalidations += 1;
+                    server.proxy.cache.clear();
+                }
+                Incoming::Reply(reply) => {
+                    let request = server.invalidation.pop_in_flight();
+                    let request = request.map_err(|d| d.to_string())?;
+                    server.invalidation_reply(request, reply, now);
                 }
             }
-            if !more {
-                return;
-            }
-        }
+            Ok(())
+        });
     }
 
     /// Queues what every new invalidation connection starts with: its name,
@@ -1691,55 +1704,17 @@ impl Server {
     }
 
     fn read_pinned(&mut self, p: usize, now: Instant) {
-        loop {
-            let Some(pinned) = self.proxy.pinned.get_mut(p) else {
-                return;
-            };
-            let more = match pinned.backend.read() {
-                Ok(more) => more,
-                Err(e) => {
-                    self.pinned_lost(p, &e.to_string(), now);
-                    return;
-                }
-            };
-            loop {
-                let Some(pinned) = self.proxy.pinned.get_mut(p) else {
-                    return;
-                };
-                let backend = &mut pinned.backend;
-                let len = match backend.next_frame() {
-                    Ok(Some(len)) => len,
-                    Ok(None) => break,
-                    Err(desync) => {
-                        self.pinned_lost(p, &desync.to_string(), now);
-                        return;
-                    }
-                };
-                if backend.reply(len).first() == Some(&b'>') {
-                    // Not a reply; nothing on a pinned connection asks for pushes.
-                    backend.consume(len);
-                    continue;
-                }
-                match backend.pop_in_flight() {
-                    Ok(request) => self.pinned_reply(p, request, len, now),
-                    Err(desync) => {
-                        self.pinned_lost(p, &desync.to_string(), now);
-                        return;
-                    }
-                }
-                if !self
-                    .proxy
-                    .pinned
-                    .get(p)
-                    .is_some_and(|p| p.backend.is_ready())
-                {
-                    return;
-                }
+        self.drain(Link::Pinned(p), now, |server, len| {
+            let backend = &mut server.proxy.pinned[p].backend;
+            if backend.reply(len).first() == Some(&b'>') {
+                // Not a reply; nothing on a pinned connection asks for pushes.
+                backend.consume(len);
+                return Ok(());
             }
-            if !more {
-                return;
-            }
-        }
+            let request = backend.pop_in_flight().map_err(|d| d.to_string())?;
+            server.pinned_reply(p, request, len, now);
+            Ok(())
+        });
     }
 
     /// Acts on the reply of `len` bytes at the front of pinned connection
@@ -1917,49 +1892,24 @@ impl Server {
     }
 
     fn read_pubsub(&mut self, now: Instant) {
-        loop {
-            let more = match self.proxy.pubsub.read() {
-                Ok(more) => more,
-                Err(e) => {
-                    self.pubsub_lost(&e.to_string(), now);
-                    return;
-                }
+        self.drain(Link::PubSub, now, |server, len| {
+            let Ok(frame) = resp::parse_value(server.proxy.pubsub.reply(len)) else {
+                return Err("malformed reply from Redis".to_string());
             };
-            loop {
-                let len = match self.proxy.pubsub.next_frame() {
-                    Ok(Some(len)) => len,
-                    Ok(None) => break,
-                    Err(desync) => {
-                        self.pubsub_lost(&desync.to_string(), now);
-                        return;
-                    }
-                };
-                let Ok(frame) = resp::parse_value(self.proxy.pubsub.reply(len)) else {
-                    self.pubsub_lost("malformed reply from Redis", now);
-                    return;
-                };
-                match pubsub::classify(&frame) {
-                    pubsub::Incoming::Message { kind, name } => {
-                        let listeners = self.proxy.channels.listeners(kind, name);
-                        self.deliver(&listeners, len);
-                    }
-                    pubsub::Incoming::Reply => match self.proxy.pubsub.pop_in_flight() {
-                        Ok(request) => self.pubsub_reply(request, &frame),
-                        Err(desync) => {
-                            self.pubsub_lost(&desync.to_string(), now);
-                            return;
-                        }
-                    },
+            match pubsub::classify(&frame) {
+                pubsub::Incoming::Message { kind, name } => {
+                    let listeners = server.proxy.channels.listeners(kind, name);
+                    server.deliver(&listeners, len);
                 }
-                self.proxy.pubsub.consume(len);
-                if !self.proxy.pubsub.is_ready() {
-                    return;
+                pubsub::Incoming::Reply => {
+                    let request = server.proxy.pubsub.pop_in_flight();
+                    let request = request.map_err(|d| d.to_string())?;
+                    server.pubsub_reply(request, &frame);
                 }
             }
-            if !more {
-                return;
-            }
-        }
+            server.proxy.pubsub.consume(len);
+            Ok(())
+        });
     }
 
     /// Hands the message of `len` bytes at the front of the pub/sub
