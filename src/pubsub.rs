@@ -163,17 +163,24 @@ struct Entry {
 /// entry that sent it.
 #[derive(Default)]
 pub struct Channels {
-    entries: HashMap<(Kind, Box<[u8]>), Entry>,
+    /// By kind (`Kind::index`), then name: a lookup borrows the name.
+    entries: [HashMap<Box<[u8]>, Entry>; 3],
 }
 
 impl Channels {
+    fn of(&mut self, kind: Kind) -> &mut HashMap<Box<[u8]>, Entry> {
+        &mut self.entries[kind.index()]
+    }
+
+    fn get(&self, kind: Kind, name: &[u8]) -> Option<&Entry> {
+        self.entries[kind.index()].get(name)
+    }
+
     /// Adds client `id` (in slab slot `key`) to the listeners of `name`.
     pub fn subscribe(&mut self, kind: Kind, name: &[u8], key: usize, id: u64) -> Subscribed {
-        let lookup = (kind, Box::from(name));
-        let (entry, new) = match self.entries.get_mut(&lookup) {
-            Some(entry) => (entry, false),
-            None => (self.entries.entry(lookup).or_default(), true),
-        };
+        let entries = self.of(kind);
+        let new = !entries.contains_key(name);
+        let entry = entries.entry(Box::from(name)).or_default();
         entry.subscribers.insert(id, key);
         match (entry.confirmed, new) {
             (true, _) => Subscribed::Now,
@@ -184,7 +191,7 @@ impl Channels {
 
     /// Holds an acknowledgement until Redis confirms `name`.
     pub fn wait(&mut self, kind: Kind, name: &[u8], waiter: Waiter) {
-        if let Some(entry) = self.entries.get_mut(&(kind, Box::from(name))) {
+        if let Some(entry) = self.of(kind).get_mut(name) {
             entry.waiters.push(waiter);
         }
     }
@@ -193,13 +200,12 @@ impl Channels {
     /// listens any more and Redis was told to deliver it: the caller sends
     /// UNSUBSCRIBE (the entry is gone).
     pub fn unsubscribe(&mut self, kind: Kind, name: &[u8], id: u64) -> bool {
-        let lookup = (kind, Box::from(name));
-        let Some(entry) = self.entries.get_mut(&lookup) else {
+        let Some(entry) = self.of(kind).get_mut(name) else {
             return false;
         };
         entry.subscribers.remove(&id);
         if entry.confirmed && entry.subscribers.is_empty() {
-            self.entries.remove(&lookup);
+            self.of(kind).remove(name);
             return true;
         }
         false
@@ -208,7 +214,7 @@ impl Channels {
     /// Whether client `id` is the only listener of `name` and Redis
     /// delivers it: unsubscribing it would send UNSUBSCRIBE.
     pub fn is_last(&self, kind: Kind, name: &[u8], id: u64) -> bool {
-        self.entries.get(&(kind, Box::from(name))).is_some_and(|e| {
+        self.get(kind, name).is_some_and(|e| {
             e.confirmed && e.subscribers.len() == 1 && e.subscribers.contains_key(&id)
         })
     }
@@ -217,15 +223,14 @@ impl Channels {
     /// acknowledgements, and whether nobody listens any more (the caller
     /// then sends UNSUBSCRIBE at once).
     pub fn confirm(&mut self, kind: Kind, name: &[u8]) -> (Vec<Waiter>, bool) {
-        let lookup = (kind, Box::from(name));
-        let Some(entry) = self.entries.get_mut(&lookup) else {
+        let Some(entry) = self.of(kind).get_mut(name) else {
             return (Vec::new(), false);
         };
         entry.confirmed = true;
         let waiters = std::mem::take(&mut entry.waiters);
         let abandoned = entry.subscribers.is_empty();
         if abandoned {
-            self.entries.remove(&lookup);
+            self.of(kind).remove(name);
         }
         (waiters, abandoned)
     }
@@ -233,7 +238,7 @@ impl Channels {
     /// Redis refused sidecache's SUBSCRIBE: forgets the entry and returns
     /// who waited for it and who listened.
     pub fn refuse(&mut self, kind: Kind, name: &[u8]) -> (Vec<Waiter>, Vec<(u64, usize)>) {
-        match self.entries.remove(&(kind, Box::from(name))) {
+        match self.of(kind).remove(name) {
             Some(entry) => (entry.waiters, entry.subscribers.into_iter().collect()),
             None => (Vec::new(), Vec::new()),
         }
@@ -241,7 +246,7 @@ impl Channels {
 
     /// The clients a message for `name` goes to: none until Redis confirmed it.
     pub fn listeners(&self, kind: Kind, name: &[u8]) -> Vec<(u64, usize)> {
-        match self.entries.get(&(kind, Box::from(name))) {
+        match self.get(kind, name) {
             Some(entry) if entry.confirmed => entry
                 .subscribers
                 .iter()
@@ -255,13 +260,14 @@ impl Channels {
     /// held acknowledgement so its slot can be answered.
     pub fn clear(&mut self) -> Vec<Waiter> {
         self.entries
-            .drain()
+            .iter_mut()
+            .flat_map(|entries| entries.drain())
             .flat_map(|(_, entry)| entry.waiters)
             .collect()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.iter().all(HashMap::is_empty)
     }
 
     /// How many receivers a PUBLISH (`Kind::Channel`) or SPUBLISH
@@ -270,20 +276,24 @@ impl Channels {
     /// matching pattern once), and as Redis would count sidecache's
     /// clients had they subscribed directly.
     pub fn receivers(&self, kind: Kind, channel: &[u8]) -> (usize, usize) {
-        let mut as_connection = 0;
-        let mut as_clients = 0;
-        for ((entry_kind, name), entry) in &self.entries {
-            let receives = match (kind, *entry_kind) {
-                (Kind::Channel, Kind::Channel) | (Kind::Shard, Kind::Shard) => **name == *channel,
-                (Kind::Channel, Kind::Pattern) => glob_match(name, channel),
-                _ => false,
-            };
-            if receives && entry.confirmed {
-                as_connection += 1;
-                as_clients += entry.subscribers.len();
-            }
-        }
-        (as_connection, as_clients)
+        // Shard channels match by name only; channels by name and by
+        // every pattern.
+        let patterns = match kind {
+            Kind::Channel => &self.entries[Kind::Pattern.index()],
+            _ => &HashMap::new(),
+        };
+        let matching = patterns
+            .iter()
+            .filter(|(pattern, _)| glob_match(pattern, channel))
+            .map(|(_, entry)| entry);
+        let confirmed = self
+            .get(kind, channel)
+            .into_iter()
+            .chain(matching)
+            .filter(|entry| entry.confirmed);
+        confirmed.fold((0, 0), |(connection, clients), entry| {
+            (connection + 1, clients + entry.subscribers.len())
+        })
     }
 }
 
