@@ -91,14 +91,7 @@ fn default_user_password_in_the_address() {
     skip_in_direct_mode!();
     let redis = protected_redis();
     let url = format!("redis://:{PASSWORD}@127.0.0.1:{}", redis.port());
-    let proxy = Sidecache::start_with(|port| {
-        vec![
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--redis".into(),
-            url.clone(),
-        ]
-    });
+    let proxy = Sidecache::start_with(|port| listen_args(port, &url, &[]));
     proxy.wait_serving();
     everything_works(&redis, &proxy, 0);
     assert!(!proxy.stderr().contains(PASSWORD), "{}", proxy.stderr());
@@ -112,14 +105,7 @@ fn acl_user_and_database_and_reconnects_log_in_again() {
         "redis://{USER}:{USER_PASSWORD}@127.0.0.1:{}/3",
         redis.port()
     );
-    let proxy = Sidecache::start_with(|port| {
-        vec![
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--redis".into(),
-            url.clone(),
-        ]
-    });
+    let proxy = Sidecache::start_with(|port| listen_args(port, &url, &[]));
     proxy.wait_serving();
     everything_works(&redis, &proxy, 3);
     // Every connection of sidecache's is the ACL user's.
@@ -150,12 +136,7 @@ fn password_from_the_environment() {
     skip_in_direct_mode!();
     let redis = protected_redis();
     let proxy = Sidecache::start_with_env(&[("SIDECACHE_REDIS_PASSWORD", PASSWORD)], |port| {
-        vec![
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--redis".into(),
-            format!("127.0.0.1:{}", redis.port()),
-        ]
+        listen_args(port, &format!("127.0.0.1:{}", redis.port()), &[])
     });
     proxy.wait_serving();
     everything_works(&redis, &proxy, 0);
@@ -166,14 +147,7 @@ fn wrong_credentials_are_named_to_clients_and_in_the_log() {
     skip_in_direct_mode!();
     let redis = protected_redis();
     let url = format!("redis://:not-it@127.0.0.1:{}", redis.port());
-    let proxy = Sidecache::start_with(|port| {
-        vec![
-            "--listen".into(),
-            format!("127.0.0.1:{port}"),
-            "--redis".into(),
-            url.clone(),
-        ]
-    });
+    let proxy = Sidecache::start_with(|port| listen_args(port, &url, &[]));
     let mut c = proxy.connect();
     for args in [
         &["GET", "k"][..],

@@ -12,18 +12,9 @@ const PASSWORD: &str = "correct horse";
 const WRONGPASS: &[u8] = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n";
 const NOAUTH: &[u8] = b"-NOAUTH Authentication required.\r\n";
 
-fn args(redis_port: u16, extra: &[&str]) -> impl Fn(u16) -> Vec<String> {
-    let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-    move |port| {
-        let mut a = vec![
-            "--listen".to_string(),
-            format!("127.0.0.1:{port}"),
-            "--redis".to_string(),
-            format!("127.0.0.1:{redis_port}"),
-        ];
-        a.extend(extra.iter().cloned());
-        a
-    }
+fn args(redis_port: u16, extra: &'static [&'static str]) -> impl Fn(u16) -> Vec<String> {
+    let redis = format!("127.0.0.1:{redis_port}");
+    move |port| listen_args(port, &redis, extra)
 }
 
 fn auth_calls(redis: &RedisServer) -> String {

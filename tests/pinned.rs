@@ -98,14 +98,20 @@ fn numpat(redis_port: u16) -> i64 {
     }
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    if let Some(s) = p.downcast_ref::<String>() {
-        s.clone()
-    } else if let Some(s) = p.downcast_ref::<&str>() {
-        s.to_string()
-    } else {
-        "(non-string panic)".into()
-    }
+/// Waits (up to 8 s) until a MULTI / SET `key` v / EXEC through `sc`
+/// answers as Redis does: Redis is back and pinned connections work.
+#[track_caller]
+fn wait_transactions_work(sc: &Sidecache, key: &str) {
+    let back = poll_until(Duration::from_secs(8), Duration::from_millis(50), || {
+        let mut t = sc.connect();
+        t.send(&[cmd(&["MULTI"]), cmd(&["SET", key, "v"]), cmd(&["EXEC"])].concat());
+        let got = [t.read_reply_raw(), t.read_reply_raw(), t.read_reply_raw()].concat();
+        (got == b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").then_some(())
+    });
+    assert!(
+        back.is_some(),
+        "transactions did not work again after Redis restarted"
+    );
 }
 
 /// Sends `args` and reads one reply, which must come within [`AT_ONCE`];
@@ -399,12 +405,7 @@ fn concurrent_transactions_get_their_own_replies() {
             })
         })
         .collect();
-    let mut failed = Vec::new();
-    for (t, w) in workers.into_iter().enumerate() {
-        if let Err(p) = w.join() {
-            failed.push(format!("client {t}: {}", panic_text(&*p)));
-        }
-    }
+    let failed = join_clients(workers);
     assert!(
         failed.is_empty(),
         "{} of {CLIENTS} clients got a wrong reply:\n{}",
@@ -502,23 +503,7 @@ fn with_redis_down_pinned_commands_fail_at_once() {
     c.ping();
 
     redis.restart();
-    let back = poll_until(Duration::from_secs(8), Duration::from_millis(50), || {
-        let mut t = sc.connect();
-        t.send(
-            &[
-                cmd(&["MULTI"]),
-                cmd(&["SET", "down:k", "v"]),
-                cmd(&["EXEC"]),
-            ]
-            .concat(),
-        );
-        let got = [t.read_reply_raw(), t.read_reply_raw(), t.read_reply_raw()].concat();
-        (got == b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").then_some(())
-    });
-    assert!(
-        back.is_some(),
-        "transactions did not work again after Redis restarted"
-    );
+    wait_transactions_work(&sc, "down:k");
     assert_eq!(redis.get("down:k").as_deref(), Some(&b"v"[..]));
     c.roundtrip(&["WATCH", "down:k"], OK);
     c.roundtrip(&["MULTI"], OK);
@@ -584,23 +569,7 @@ fn redis_killed_under_a_transaction_disconnects_its_client() {
     plain.roundtrip(&["GET", "kill:c"], BACKEND_UNAVAILABLE);
 
     redis.restart();
-    let back = poll_until(Duration::from_secs(8), Duration::from_millis(50), || {
-        let mut t = sc.connect();
-        t.send(
-            &[
-                cmd(&["MULTI"]),
-                cmd(&["SET", "kill:e", "v"]),
-                cmd(&["EXEC"]),
-            ]
-            .concat(),
-        );
-        let got = [t.read_reply_raw(), t.read_reply_raw(), t.read_reply_raw()].concat();
-        (got == b"+OK\r\n+QUEUED\r\n*1\r\n+OK\r\n").then_some(())
-    });
-    assert!(
-        back.is_some(),
-        "transactions did not work again after Redis restarted"
-    );
+    wait_transactions_work(&sc, "kill:e");
     // Nothing of the old transactions ran on the new Redis.
     for k in ["kill:a", "kill:b", "kill:d"] {
         assert_eq!(direct(redis.port(), &["GET", k]), NIL, "{k}");

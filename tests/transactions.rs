@@ -817,13 +817,6 @@ fn wait_caching(redis: &RedisServer, port: u16) {
     );
 }
 
-fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<String>()
-        .cloned()
-        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "(panic without a message)".into())
-}
-
 /// Runs the whole corpus directly and through sidecache; fails listing
 /// every script whose replies differ.
 fn differential(proto: u8, mode: Mode) {
@@ -1157,12 +1150,7 @@ fn an_open_multi_holds_up_no_other_client() {
             })
         })
         .collect();
-    let mut failed = Vec::new();
-    for (t, w) in workers.into_iter().enumerate() {
-        if let Err(p) = w.join() {
-            failed.push(format!("client {t}: {}", panic_text(&*p)));
-        }
-    }
+    let failed = join_clients(workers);
     assert!(
         failed.is_empty(),
         "{} of {CLIENTS} clients failed while another client's MULTI was open:\n{}",

@@ -527,6 +527,39 @@ pub fn sidecache_bin() -> String {
     std::env::var("SIDECACHE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_sidecache").to_string())
 }
 
+/// `--listen 127.0.0.1:<port> --redis <redis> <extra>`: what the harness
+/// starts sidecache with, for `Sidecache::start_with`.
+pub fn listen_args(port: u16, redis: &str, extra: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        "--listen".to_string(),
+        format!("127.0.0.1:{port}"),
+        "--redis".to_string(),
+        redis.to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+/// The message of a thread's panic.
+pub fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<String>()
+        .cloned()
+        .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+        .unwrap_or_else(|| "(panic without a message)".into())
+}
+
+/// Joins client threads; one line per thread that panicked, naming it by
+/// its place in `workers`.
+pub fn join_clients(workers: Vec<std::thread::JoinHandle<()>>) -> Vec<String> {
+    let mut failed = Vec::new();
+    for (t, w) in workers.into_iter().enumerate() {
+        if let Err(p) = w.join() {
+            failed.push(format!("client {t}: {}", panic_text(&*p)));
+        }
+    }
+    failed
+}
+
 impl Sidecache {
     /// Starts `sidecache --listen 127.0.0.1:<free> --redis 127.0.0.1:<redis_port> <extra>`
     /// and waits until it accepts connections. In direct mode, returns a
@@ -541,16 +574,8 @@ impl Sidecache {
                 child: None,
             };
         }
-        Self::start_with(|port| {
-            let mut args = vec![
-                "--listen".to_string(),
-                format!("127.0.0.1:{port}"),
-                "--redis".to_string(),
-                format!("127.0.0.1:{redis_port}"),
-            ];
-            args.extend(extra_args.iter().map(|a| a.to_string()));
-            args
-        })
+        let redis = format!("127.0.0.1:{redis_port}");
+        Self::start_with(|port| listen_args(port, &redis, extra_args))
     }
 
     /// Starts sidecache with exactly the arguments `args(port)` returns,
