@@ -88,33 +88,6 @@ fn direct_all(redis: &RedisServer, commands: &[Vec<Vec<u8>>]) {
     }
 }
 
-/// Waits until sidecache caches: of two GETs of one key through `c`, at
-/// most one reaches Redis. Replies `-ERR backend unavailable` are retried.
-#[track_caller]
-fn wait_caching_works(redis: &RedisServer, c: &mut Conn) {
-    let key = unique("coherence:probe");
-    redis.set(&key, "probe");
-    let mut last = String::new();
-    let ok = poll_until(SETTLE, Duration::from_millis(20), || {
-        let before = redis_get_calls(redis.port());
-        let r1 = get(c, &key);
-        let r2 = get(c, &key);
-        if r1 == BACKEND_UNAVAILABLE || r2 == BACKEND_UNAVAILABLE {
-            last = "backend unavailable".into();
-            return None;
-        }
-        assert_eq!(r1, bulk("probe"), "GET {key}: {}", escape(&r1));
-        assert_eq!(r2, bulk("probe"), "GET {key}: {}", escape(&r2));
-        let reached = redis_get_calls(redis.port()) - before;
-        last = format!("{reached} of 2 GETs reached Redis");
-        (reached <= 1).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "sidecache did not (again) cache within {SETTLE:?}: {last}"
-    );
-}
-
 /// GETs each key through `c` (filling the cache), then proves each is now
 /// served from the cache: a second round of GETs leaves Redis's GET count
 /// unchanged. Returns the replies.
@@ -266,7 +239,7 @@ fn writes_by_other_clients_reach_the_cache_within_100ms() {
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &["--ttl", "60s"]);
     let mut c = proxy.connect();
-    wait_caching_works(&redis, &mut c);
+    wait_caching(&redis, &mut c);
 
     let p = unique("direct");
     let k = |s: &str| format!("{p}:{s}");
@@ -857,7 +830,7 @@ fn read_your_writes(mode: &str, extra: &[&str]) {
     let proxy = Sidecache::start(redis.port(), extra);
     let mut a = proxy.connect();
     let mut b = proxy.connect();
-    wait_caching_works(&redis, &mut a);
+    wait_caching(&redis, &mut a);
 
     let mut failures = Vec::new();
     let mut checked = 0;
@@ -992,8 +965,8 @@ fn resp2_and_resp3_clients_see_each_others_writes() {
     let mut a = proxy.connect();
     let mut b = proxy.connect();
     hello3(&mut b);
-    wait_caching_works(&redis, &mut a);
-    wait_caching_works(&redis, &mut b);
+    wait_caching(&redis, &mut a);
+    wait_caching(&redis, &mut b);
 
     let key = unique("proto");
     redis.set(&key, "old");
@@ -1089,8 +1062,8 @@ fn a_read_overtaking_a_write_on_the_other_data_connection_is_not_kept() {
         let mut resp2 = proxy.connect();
         let mut resp3 = proxy.connect();
         hello3(&mut resp3);
-        wait_caching_works(&redis, &mut resp2);
-        wait_caching_works(&redis, &mut resp3);
+        wait_caching(&redis, &mut resp2);
+        wait_caching(&redis, &mut resp3);
         for writer_is_resp3 in [true, false] {
             let what = format!(
                 "{mode}, write over {}",
@@ -1140,7 +1113,7 @@ fn a_cached_value_never_outlives_the_keys_expiry() {
     // No tracking and a long TTL: only the key's own PTTL can save it.
     let proxy = Sidecache::start(redis.port(), &["--tracking", "off", "--ttl", "60s"]);
     let mut c = proxy.connect();
-    wait_caching_works(&redis, &mut c);
+    wait_caching(&redis, &mut c);
 
     let key = unique("pttl");
     let mut d = Conn::connect(redis.port());
@@ -1176,7 +1149,7 @@ fn ttl_changes_through_sidecache_cap_the_cached_value() {
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &["--tracking", "off", "--ttl", "60s"]);
     let mut c = proxy.connect();
-    wait_caching_works(&redis, &mut c);
+    wait_caching(&redis, &mut c);
 
     let p = unique("ttlw");
     let k = |s: &str| format!("{p}:{s}");
@@ -1510,7 +1483,7 @@ fn stress_concurrent_gets_and_sets_never_read_stale() {
     let proxy = Sidecache::start(redis.port(), &["--ttl", "60s"]);
     {
         let mut c = proxy.connect();
-        wait_caching_works(&redis, &mut c);
+        wait_caching(&redis, &mut c);
     }
     let p = unique("stress");
     let keys: Arc<Vec<String>> = Arc::new((0..KEYS).map(|i| format!("{p}:{i}")).collect());
@@ -1671,10 +1644,10 @@ fn recovers_after_killing(victim: &str, resp3: bool) {
     let mut c3 = resp3.then(|| {
         let mut c3 = proxy.connect();
         hello3(&mut c3);
-        wait_caching_works(&redis, &mut c3);
+        wait_caching(&redis, &mut c3);
         c3
     });
-    wait_caching_works(&redis, &mut c);
+    wait_caching(&redis, &mut c);
     let (data_id, inv_id) = tracking_connections(&redis);
     let victim_id = if victim == DATA_NAME { data_id } else { inv_id };
     // A reply sidecache may give while the data connection is down.
@@ -1778,7 +1751,7 @@ fn recovers_after_killing(victim: &str, resp3: bool) {
         new_inv
     };
     assert_ne!(new_victim, victim_id, "the killed {victim} is still listed");
-    wait_caching_works(&redis, &mut c);
+    wait_caching(&redis, &mut c);
     let key = unique("kill-after");
     redis.set(&key, "old");
     prime(redis.port(), &mut c, std::slice::from_ref(&key));
@@ -1795,7 +1768,7 @@ fn recovers_after_killing(victim: &str, resp3: bool) {
         &format!("direct SET after {victim} came back"),
     );
     if let Some(c3) = c3.as_mut() {
-        wait_caching_works(&redis, c3);
+        wait_caching(&redis, c3);
         let key = unique("kill-after3");
         redis.set(&key, "old");
         prime(redis.port(), c3, std::slice::from_ref(&key));
@@ -1883,7 +1856,7 @@ fn tracking_off_caches_by_ttl_and_never_subscribes() {
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &["--tracking", "off", "--ttl", "60s"]);
     let mut c = proxy.connect();
-    wait_caching_works(&redis, &mut c);
+    wait_caching(&redis, &mut c);
     expect_ttl_only(&redis, &mut c);
     let list = client_list(redis.port());
     let data = list
@@ -1917,7 +1890,7 @@ fn tracking_auto_without_client_command_warns_and_caches_by_ttl() {
     for extra in [&["--ttl", "60s"][..], &["--ttl", "60s", "--tracking=auto"]] {
         let proxy = Sidecache::start(redis.port(), extra);
         let mut c = proxy.connect();
-        wait_caching_works(&redis, &mut c);
+        wait_caching(&redis, &mut c);
         expect_ttl_only(&redis, &mut c);
         let warned = poll_until(SETTLE, Duration::from_millis(20), || {
             let err = proxy.stderr().to_ascii_lowercase();
@@ -1968,7 +1941,7 @@ fn tracking_on_with_a_redis_that_can_track() {
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &["--tracking", "on", "--ttl", "60s"]);
     let mut c = proxy.connect();
-    wait_caching_works(&redis, &mut c);
+    wait_caching(&redis, &mut c);
     tracking_connections(&redis);
     let key = unique("on");
     redis.set(&key, "old");
@@ -2110,7 +2083,7 @@ fn a_get_reply_from_before_a_write_is_never_stored() {
     let proxy = Sidecache::start(redis.port(), &["--ttl", "60s"]);
     let mut c = proxy.connect();
     let mut c2 = proxy.connect();
-    wait_caching_works(&redis, &mut c);
+    wait_caching(&redis, &mut c);
     // Far more than the socket buffers between Redis and a sidecache that
     // is not reading take (a few hundred KB to a few MB); checked below.
     const BIG: usize = 16 << 20;

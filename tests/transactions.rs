@@ -24,11 +24,7 @@ use common::*;
 use std::panic::{self, AssertUnwindSafe};
 use std::sync::{Arc, Barrier};
 use std::thread;
-use std::time::{Duration, Instant};
-
-/// How long sidecache may take to start caching (tracking set up).
-const SETTLE: Duration = Duration::from_secs(5);
-
+use std::time::Instant;
 const QUEUED: &[u8] = b"+QUEUED\r\n";
 const EXECABORT: &[u8] = b"-EXECABORT Transaction discarded because of previous errors.\r\n";
 const EXEC_WITHOUT_MULTI: &[u8] = b"-ERR EXEC without MULTI\r\n";
@@ -792,37 +788,12 @@ fn flushall(redis_port: u16) {
     Conn::connect(redis_port).roundtrip(&["FLUSHALL"], OK);
 }
 
-/// Waits until sidecache caches: of two GETs of one key, at most one
-/// reaches Redis. A no-op in direct mode.
-#[track_caller]
-fn wait_caching(redis: &RedisServer, port: u16) {
-    if direct_mode() {
-        return;
-    }
-    let key = unique("tx:probe");
-    redis.set(&key, "probe");
-    let mut c = Conn::connect(port);
-    let mut last = String::new();
-    let ok = poll_until(SETTLE, Duration::from_millis(20), || {
-        let before = redis_get_calls(redis.port());
-        c.roundtrip(&["GET", &key], &bulk("probe"));
-        c.roundtrip(&["GET", &key], &bulk("probe"));
-        let reached = redis_get_calls(redis.port()) - before;
-        last = format!("{reached} of 2 GETs reached Redis");
-        (reached <= 1).then_some(())
-    });
-    assert!(
-        ok.is_some(),
-        "sidecache did not cache within {SETTLE:?}: {last}"
-    );
-}
-
 /// Runs the whole corpus directly and through sidecache; fails listing
 /// every script whose replies differ.
 fn differential(proto: u8, mode: Mode) {
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &[]);
-    wait_caching(&redis, proxy.port());
+    wait_caching(&redis, &mut Conn::connect(proxy.port()));
     let corpus = corpus();
     let mut failures = Vec::new();
     for s in &corpus {
@@ -880,7 +851,7 @@ fn same_replies_as_redis_resp3_pipelined() {
 fn get_inside_multi_is_queued_and_runs_in_redis() {
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &[]);
-    wait_caching(&redis, proxy.port());
+    wait_caching(&redis, &mut Conn::connect(proxy.port()));
     let k = "tx:queued-get";
     redis.set(k, "v1");
     let mut c = proxy.connect();
@@ -999,7 +970,7 @@ fn get_reply(v: &Option<String>, proto: u8) -> Vec<u8> {
 fn read_your_writes(proto: u8) {
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &[]);
-    wait_caching(&redis, proxy.port());
+    wait_caching(&redis, &mut Conn::connect(proxy.port()));
     let mut w = connect_proto(proxy.port(), proto);
     let mut r = connect_proto(proxy.port(), proto);
     let k = "ryw:k";
@@ -1115,7 +1086,7 @@ fn an_open_multi_holds_up_no_other_client() {
     const ROUNDS: usize = 200;
     let redis = RedisServer::start();
     let proxy = Sidecache::start(redis.port(), &[]);
-    wait_caching(&redis, proxy.port());
+    wait_caching(&redis, &mut Conn::connect(proxy.port()));
     let k = "iso:k";
     redis.set(k, "old");
     let mut a = proxy.connect();

@@ -1250,6 +1250,41 @@ pub fn redis_get_calls(port: u16) -> u64 {
     redis_command_calls(port, "get")
 }
 
+/// Waits (up to 5 s) until sidecache caches GETs sent on `c`: of two GETs
+/// of one key, at most one reaches Redis. Replies `-ERR backend
+/// unavailable` are retried. A no-op in direct mode, where nothing caches.
+#[track_caller]
+pub fn wait_caching(redis: &RedisServer, c: &mut Conn) {
+    if direct_mode() {
+        return;
+    }
+    let settle = Duration::from_secs(5);
+    let key = unique("probe");
+    redis.set(&key, "probe");
+    let get = |c: &mut Conn| {
+        c.send_cmd(&["GET", &key]);
+        c.read_reply3_raw()
+    };
+    let mut last = String::new();
+    let ok = poll_until(settle, Duration::from_millis(20), || {
+        let before = redis_get_calls(redis.port());
+        let (r1, r2) = (get(c), get(c));
+        if r1 == BACKEND_UNAVAILABLE || r2 == BACKEND_UNAVAILABLE {
+            last = "backend unavailable".into();
+            return None;
+        }
+        assert_eq!(r1, bulk("probe"), "probe GET: {}", escape(&r1));
+        assert_eq!(r2, bulk("probe"), "probe GET: {}", escape(&r2));
+        let reached = redis_get_calls(redis.port()) - before;
+        last = format!("{reached} of 2 GETs reached Redis");
+        (reached <= 1).then_some(())
+    });
+    assert!(
+        ok.is_some(),
+        "sidecache did not (again) cache within {settle:?}: {last}"
+    );
+}
+
 /// Redis's `CLIENT LIST`, one map of field to value per client.
 pub fn client_list(port: u16) -> Vec<std::collections::HashMap<String, String>> {
     let mut c = Conn::connect(port);
