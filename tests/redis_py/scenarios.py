@@ -89,6 +89,17 @@ class Ctx:
         return int(stats.get("cmdstat_get", {}).get("calls", 0))
 
 
+def raises_response_error(call, text, otherwise):
+    """call() must raise a ResponseError containing text; otherwise names what did not."""
+    try:
+        call()
+    except redis.ResponseError as e:
+        if text not in str(e):
+            raise AssertionError("ResponseError without {!r}: {}".format(text, e))
+    else:
+        raise AssertionError(otherwise)
+
+
 def eq(got, want, what=""):
     if got != want or type(got) is not type(want):
         raise AssertionError(
@@ -414,13 +425,7 @@ def pipeline_no_transaction(ctx):
     p = r.pipeline(transaction=False)
     p.incr(lst)
     p.incr(n)
-    try:
-        p.execute()
-    except redis.ResponseError as e:
-        if "WRONGTYPE" not in str(e):
-            raise AssertionError("ResponseError without WRONGTYPE: {}".format(e))
-    else:
-        raise AssertionError("a pipeline with an INCR of a list raised nothing")
+    raises_response_error(p.execute, "WRONGTYPE", "a pipeline with an INCR of a list raised nothing")
     eq(r.get(n), b"2")
 
 
@@ -489,25 +494,13 @@ def transaction_pipeline_mixed(ctx):
     p = r.pipeline()
     p.incr(n)
     p.lpush(k, "x")
-    try:
-        p.execute()
-    except redis.ResponseError as e:
-        if "WRONGTYPE" not in str(e):
-            raise AssertionError("ResponseError without WRONGTYPE: {}".format(e))
-    else:
-        raise AssertionError("a transaction with an LPUSH to a string raised nothing")
+    raises_response_error(p.execute, "WRONGTYPE", "a transaction with an LPUSH to a string raised nothing")
     eq(r.get(n), b"11")
     # A queue-time error: nothing runs (EXECABORT).
     p = r.pipeline()
     p.set(k, "never")
     p.execute_command("NOSUCHCOMMAND", k)
-    try:
-        p.execute()
-    except redis.ResponseError as e:
-        if "unknown command" not in str(e):
-            raise AssertionError("ResponseError without 'unknown command': {}".format(e))
-    else:
-        raise AssertionError("a transaction with an unknown command raised nothing")
+    raises_response_error(p.execute, "unknown command", "a transaction with an unknown command raised nothing")
     eq(r.get(k), b"in-transaction")
     eq(ctx.direct.get(k), b"in-transaction")
     eq(r.ping(), True)
