@@ -84,14 +84,19 @@ fn publish(c: &mut Conn, command: &str, channel: &str, payload: &str) -> i64 {
 
 /// Redis's `PUBSUB NUMSUB channel` (asked directly).
 fn numsub(redis_port: u16, channel: &str) -> i64 {
+    subscriber_count(redis_port, "NUMSUB", channel)
+}
+
+/// Redis's `PUBSUB <subcommand> channel` count, for NUMSUB or SHARDNUMSUB.
+fn subscriber_count(redis_port: u16, subcommand: &str, channel: &str) -> i64 {
     let mut c = Conn::connect(redis_port);
-    c.send_cmd(&["PUBSUB", "NUMSUB", channel]);
+    c.send_cmd(&["PUBSUB", subcommand, channel]);
     match c.read_reply() {
         Resp::Array(Some(items)) if items.len() == 2 => match &items[1] {
             Resp::Int(n) => *n,
-            other => panic!("PUBSUB NUMSUB: count is {other:?}"),
+            other => panic!("PUBSUB {subcommand}: count is {other:?}"),
         },
-        other => panic!("PUBSUB NUMSUB: {other:?}"),
+        other => panic!("PUBSUB {subcommand}: {other:?}"),
     }
 }
 
@@ -104,15 +109,7 @@ fn direct_int(redis_port: u16, args: &[&str]) -> i64 {
 
 /// `PUBSUB SHARDNUMSUB channel` (asked directly).
 fn shardnumsub(redis_port: u16, channel: &str) -> i64 {
-    let mut c = Conn::connect(redis_port);
-    c.send_cmd(&["PUBSUB", "SHARDNUMSUB", channel]);
-    match c.read_reply() {
-        Resp::Array(Some(items)) if items.len() == 2 => match &items[1] {
-            Resp::Int(n) => *n,
-            other => panic!("PUBSUB SHARDNUMSUB: count is {other:?}"),
-        },
-        other => panic!("PUBSUB SHARDNUMSUB: {other:?}"),
-    }
+    subscriber_count(redis_port, "SHARDNUMSUB", channel)
 }
 
 /// Waits until `f()` equals `want`, failing after `RELEASE`.
